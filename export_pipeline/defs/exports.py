@@ -1,0 +1,24 @@
+"""The export assets and their resources, built from the spec when Dagster loads the code.
+
+Nothing is read at import time: the spec and the environment are read inside the
+`@dg.definitions` function, which Dagster calls when it loads the code location.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from export_pipeline.defs.assets import build_export_asset
+from export_pipeline.defs.partitions import build_export_partitions_def
+from export_pipeline.settings import build_resources, spec_path
+from export_pipeline.spec import load_spec
+
+
+@dg.definitions
+def exports() -> dg.Definitions:
+    spec = load_spec(spec_path())
+    partitions_def = build_export_partitions_def(spec.months_start)
+    return dg.Definitions(
+        assets=[build_export_asset(d, partitions_def) for d in spec.datasets.values()],
+        resources=build_resources(),
+    )

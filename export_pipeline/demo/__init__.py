@@ -1,0 +1,1 @@
+"""A demo source database: customers, events, orders and invoices, generated server-side."""

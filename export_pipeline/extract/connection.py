@@ -1,0 +1,94 @@
+"""Connections to the source database that cannot write and cannot run forever.
+
+Every session is read-only (`default_transaction_read_only`), has a statement timeout and runs
+in UTC, set through libpq `options` so both psycopg and the ADBC driver (also libpq) get them
+before the first query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from export_pipeline.errors import ExportError
+
+APPLICATION_NAME = "export_pipeline"
+
+
+class SourceConnectionError(ExportError, RuntimeError):
+    """The source database could not be reached; the message never contains the password."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """How to reach the source database.
+
+    dsn: libpq URI or key=value string. It may hold a password: never log or repr it.
+    statement_timeout_seconds: server-side limit for each statement (0 disables).
+    """
+
+    dsn: str
+    statement_timeout_seconds: int = 3600
+    connect_timeout_seconds: int = 10
+
+    def __repr__(self) -> str:
+        return f"SourceConfig(dsn={redact_dsn(self.dsn)!r}, ...)"
+
+    def conninfo(self) -> str:
+        """The DSN with our session settings merged into libpq `options`."""
+        try:
+            params = conninfo_to_dict(self.dsn)
+        except psycopg.ProgrammingError:
+            raise SourceConnectionError(
+                "EXPORT_SOURCE_DSN is not a valid libpq connection string or URI"
+            ) from None
+        ours = (
+            "-c default_transaction_read_only=on"
+            f" -c statement_timeout={int(self.statement_timeout_seconds) * 1000}"
+            " -c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres"
+            " -c extra_float_digits=1"
+        )
+        existing = str(params.pop("options", "") or "")
+        options = f"{existing} {ours}".strip()
+        params.setdefault("application_name", APPLICATION_NAME)
+        params.setdefault("connect_timeout", str(self.connect_timeout_seconds))
+        return make_conninfo("", **{**params, "options": options})
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced, for messages."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparseable dsn>"
+    if "password" in params:
+        params["password"] = "***"
+    return make_conninfo("", **params)
+
+
+@contextmanager
+def connect(config: SourceConfig) -> Iterator[psycopg.Connection]:
+    """A psycopg connection in a read-only session; closed on exit."""
+    try:
+        conn = psycopg.connect(config.conninfo(), autocommit=False)
+    except psycopg.OperationalError as exc:
+        raise SourceConnectionError(_scrub(str(exc), config.dsn)) from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _scrub(message: str, dsn: str) -> str:
+    """libpq errors can echo parts of the conninfo; strip the password if it appears."""
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        password = None
+    if password:
+        message = message.replace(str(password), "***")
+    return f"cannot connect to the source database: {message.strip()}"

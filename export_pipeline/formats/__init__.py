@@ -1,0 +1,1 @@
+"""File formats: Parquet from Arrow batches; CSV, JSON Lines and JSON from COPY byte chunks."""

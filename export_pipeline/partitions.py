@@ -1,0 +1,63 @@
+"""Partition keys: customers (dynamic) x months, and the month window a key stands for.
+
+Pure: no Dagster here. `defs/partitions.py` builds the Dagster definitions from these names.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+
+from export_pipeline.errors import ExportError
+
+CUSTOMER_DIMENSION = "customer"
+MONTH_DIMENSION = "month"
+CUSTOMERS_PARTITIONS_NAME = "customers"
+
+# A customer key becomes one path segment of the object key, so it must not be able to escape
+# it: no '/', no '..', no control characters, nothing a shell or URL would mangle.
+_CUSTOMER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+
+
+class PartitionKeyError(ExportError, ValueError):
+    """A partition key (customer or month) cannot be used."""
+
+
+def validate_customer_key(customer: str) -> str:
+    """Return `customer` unchanged if it is safe as a partition key and a path segment."""
+    if not isinstance(customer, str) or not _CUSTOMER_RE.fullmatch(customer) or ".." in customer:
+        raise PartitionKeyError(
+            f"customer key {customer!r} is not allowed: use 1-128 characters from "
+            "A-Z a-z 0-9 . _ @ -, starting with a letter or digit, without '..'"
+        )
+    return customer
+
+
+@dataclass(frozen=True, order=True)
+class Month:
+    """A calendar month; its window is the half-open interval [start, end)."""
+
+    year: int
+    month: int
+
+    @classmethod
+    def parse(cls, text: str) -> Month:
+        """Accept "YYYY-MM" or a Dagster monthly key "YYYY-MM-DD" (day must be 01)."""
+        m = re.fullmatch(r"(\d{4})-(\d{2})(?:-01)?", text)
+        if not m or not 1 <= int(m.group(2)) <= 12:
+            raise PartitionKeyError(f"month {text!r} is not a month (expected YYYY-MM)")
+        return cls(int(m.group(1)), int(m.group(2)))
+
+    @property
+    def start(self) -> date:
+        return date(self.year, self.month, 1)
+
+    @property
+    def end(self) -> date:
+        if self.month == 12:
+            return date(self.year + 1, 1, 1)
+        return date(self.year, self.month + 1, 1)
+
+    def __str__(self) -> str:
+        return f"{self.year:04d}-{self.month:02d}"

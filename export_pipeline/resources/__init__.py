@@ -1,0 +1,1 @@
+"""Typed Dagster resources: thin, configurable wrappers that build engine objects."""

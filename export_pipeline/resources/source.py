@@ -1,0 +1,33 @@
+"""The source database, as a Dagster resource."""
+
+from __future__ import annotations
+
+import dagster as dg
+from pydantic import Field
+
+from export_pipeline.extract.arrow import DEFAULT_BATCH_SIZE_HINT_BYTES
+from export_pipeline.extract.connection import SourceConfig
+
+
+class PostgresSourceResource(dg.ConfigurableResource):
+    """Read-only access to the PostgreSQL database the exports come from.
+
+    Point `dsn` at a read replica in production. Sessions are read-only, in UTC, with a
+    statement timeout.
+    """
+
+    dsn: str = Field(
+        description="libpq URI or key=value string of the source database; set through "
+        "EXPORT_SOURCE_DSN so the password never appears in run config."
+    )
+    statement_timeout_seconds: int = Field(
+        default=3600, description="Server-side timeout for each export statement (0: none)."
+    )
+    batch_size_hint_bytes: int = Field(
+        default=DEFAULT_BATCH_SIZE_HINT_BYTES,
+        description="Arrow batch size asked of the ADBC driver; also the Parquet row-group "
+        "size. Memory grows with it (about twice this per running export).",
+    )
+
+    def source_config(self) -> SourceConfig:
+        return SourceConfig(self.dsn, statement_timeout_seconds=self.statement_timeout_seconds)

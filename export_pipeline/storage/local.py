@@ -1,0 +1,57 @@
+"""A local folder as object storage: for laptops and tests.
+
+Bytes go to a hidden temporary file next to the final path, which is fsynced and renamed into
+place on commit (atomic on POSIX); an abort deletes it. Memory: none beyond the caller's chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from export_pipeline.storage.keys import normalize_prefix
+from export_pipeline.storage.writer import ObjectHeaders, ObjectStore, ObjectWriter
+
+
+class LocalObjectWriter(ObjectWriter):
+    def __init__(self, key: str, path: Path) -> None:
+        super().__init__(key)
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+        self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        self._file.write(data)
+
+    def _commit(self) -> str:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        return str(self.path)
+
+    def _abort(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class LocalObjectStore(ObjectStore):
+    """Objects under `root/<prefix>/...`; URIs are absolute file paths."""
+
+    def __init__(self, root: str | Path, prefix: str = "exports") -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.prefix = normalize_prefix(prefix)
+
+    def path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"object key {key!r} escapes the storage folder")
+        return path
+
+    def open_writer(self, key: str, headers: ObjectHeaders) -> ObjectWriter:
+        return LocalObjectWriter(key, self.path(key))
+
+    def uri(self, key: str) -> str:
+        return str(self.path(key))

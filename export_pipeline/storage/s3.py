@@ -1,0 +1,196 @@
+"""S3 (or any S3-protocol endpoint) as object storage, written with a multipart upload.
+
+Bytes are cut into parts of `part_size` bytes and uploaded by a small thread pool while the
+caller keeps producing, so reading the database never waits on one HTTP request. Memory:
+at most `part_size * (max_concurrency + 1)` bytes of buffered parts. An export smaller than one
+part is sent as a single PUT. The object exists only after `CompleteMultipartUpload` (or the
+PUT) succeeds; on any error the multipart upload is aborted, leaving nothing under the key.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from export_pipeline.storage.keys import StorageConfigError, normalize_prefix
+from export_pipeline.storage.writer import DownloadLink, ObjectHeaders, ObjectStore, ObjectWriter
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_LINK_TTL_SECONDS = 604800  # SigV4 presigned URLs cannot live longer than 7 days.
+
+
+@dataclass(frozen=True)
+class S3Config:
+    bucket: str
+    prefix: str = "exports"
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    link_ttl_seconds: int = MAX_LINK_TTL_SECONDS
+    part_size: int = 16 * 1024 * 1024
+    max_concurrency: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.bucket or "/" in self.bucket:
+            raise StorageConfigError(f"EXPORT_S3_BUCKET {self.bucket!r} is not a bucket name")
+        if not 1 <= self.link_ttl_seconds <= MAX_LINK_TTL_SECONDS:
+            raise StorageConfigError(
+                f"EXPORT_LINK_TTL_SECONDS must be between 1 and {MAX_LINK_TTL_SECONDS} "
+                f"(7 days, the SigV4 maximum), got {self.link_ttl_seconds}"
+            )
+        if self.part_size < MIN_PART_SIZE:
+            raise StorageConfigError(f"part_size must be at least {MIN_PART_SIZE} bytes")
+        if self.max_concurrency < 1:
+            raise StorageConfigError("max_concurrency must be at least 1")
+
+
+def make_s3_client(config: S3Config) -> Any:
+    """A boto3 S3 client that signs with SigV4 everywhere.
+
+    Without `signature_version="s3v4"` boto3 presigns with SigV2 for us-east-1 and custom
+    endpoints. Custom endpoints (MinIO, moto, R2) get path-style addressing.
+    """
+    botocore_config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path" if config.endpoint_url else "auto"},
+        retries={"max_attempts": 5, "mode": "standard"},
+        max_pool_connections=max(10, config.max_concurrency * 2),
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=config.endpoint_url or None,
+        region_name=config.region_name or None,
+        config=botocore_config,
+    )
+
+
+class S3ObjectWriter(ObjectWriter):
+    def __init__(self, client: Any, config: S3Config, key: str, headers: ObjectHeaders) -> None:
+        super().__init__(key)
+        self._client = client
+        self._config = config
+        self._headers = headers
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[Future[dict[str, Any]]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(config.max_concurrency)
+
+    def _object_args(self) -> dict[str, Any]:
+        return {
+            "Bucket": self._config.bucket,
+            "Key": self.key,
+            "ContentType": self._headers.content_type,
+            "ContentDisposition": self._headers.content_disposition,
+        }
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        self._buffer += data
+        size = self._config.part_size
+        while len(self._buffer) >= size:
+            part = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            self._submit(part)
+
+    def _submit(self, body: bytes) -> None:
+        if self._upload_id is None:
+            self._upload_id = self._client.create_multipart_upload(**self._object_args())[
+                "UploadId"
+            ]
+            self._pool = ThreadPoolExecutor(
+                self._config.max_concurrency, thread_name_prefix="s3-part"
+            )
+        self._raise_failed_parts()
+        self._slots.acquire()  # back-pressure: at most max_concurrency parts in flight
+        number = len(self._parts) + 1
+        assert self._pool is not None
+        future = self._pool.submit(self._upload_part, number, body)
+        future.add_done_callback(lambda _f: self._slots.release())
+        self._parts.append(future)
+
+    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
+        response = self._client.upload_part(
+            Bucket=self._config.bucket,
+            Key=self.key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def _raise_failed_parts(self) -> None:
+        for future in self._parts:
+            if future.done() and future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+
+    def _commit(self) -> str:
+        if self._upload_id is None:
+            self._client.put_object(Body=bytes(self._buffer), **self._object_args())
+        else:
+            if self._buffer:
+                self._submit(bytes(self._buffer))
+            parts = [future.result() for future in self._parts]
+            self._client.complete_multipart_upload(
+                Bucket=self._config.bucket,
+                Key=self.key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+            self._shutdown()
+        self._buffer = bytearray()
+        return f"s3://{self._config.bucket}/{self.key}"
+
+    def _abort(self) -> None:
+        self._buffer = bytearray()
+        if self._upload_id is None:
+            return
+        for future in self._parts:
+            future.cancel()
+        self._shutdown()
+        try:
+            self._client.abort_multipart_upload(
+                Bucket=self._config.bucket, Key=self.key, UploadId=self._upload_id
+            )
+        except Exception:  # noqa: BLE001 - the original error matters more; S3 expires it
+            pass
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class S3ObjectStore(ObjectStore):
+    def __init__(self, config: S3Config, client: Any | None = None) -> None:
+        self.config = config
+        self.prefix = normalize_prefix(config.prefix)
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = make_s3_client(self.config)
+        return self._client
+
+    def open_writer(self, key: str, headers: ObjectHeaders) -> ObjectWriter:
+        return S3ObjectWriter(self.client, self.config, key, headers)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.config.bucket}/{key}"
+
+    def download_link(self, key: str) -> DownloadLink:
+        """A presigned GET (SigV4) valid for `link_ttl_seconds`. Never presigns PUT."""
+        ttl = self.config.link_ttl_seconds
+        issued = datetime.now(UTC)
+        url = self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.config.bucket, "Key": key},
+            ExpiresIn=ttl,
+            HttpMethod="GET",
+        )
+        return DownloadLink(url, issued + timedelta(seconds=ttl))

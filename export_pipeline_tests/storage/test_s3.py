@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import pytest
+
+from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore
+from export_pipeline.storage.writer import ObjectHeaders
+from export_pipeline_tests.helpers import list_keys, pending_uploads
+
+HEADERS = ObjectHeaders("text/csv; charset=utf-8", "d.csv")
+
+
+def _payload(size: int) -> bytes:
+    return os.urandom(size)
+
+
+def test_multipart_upload_round_trips_exact_bytes(
+    s3_store: S3ObjectStore, s3_client: Any, bucket: str
+) -> None:
+    data = _payload(2 * MIN_PART_SIZE + 12345)  # three parts
+    with s3_store.open_writer("exports/7/2025-01/d.csv", HEADERS) as writer:
+        for i in range(0, len(data), 1_000_000):
+            writer.write(data[i : i + 1_000_000])
+        stored = writer.commit()
+    assert stored.uri == f"s3://{bucket}/exports/7/2025-01/d.csv"
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    obj = s3_client.get_object(Bucket=bucket, Key="exports/7/2025-01/d.csv")
+    assert obj["Body"].read() == data
+    assert obj["ContentType"] == "text/csv; charset=utf-8"
+    assert obj["ContentDisposition"] == 'attachment; filename="d.csv"'
+    assert pending_uploads(s3_client, bucket) == []
+
+
+def test_small_object_is_one_put_and_empty_object_exists(
+    s3_store: S3ObjectStore, s3_client: Any, bucket: str
+) -> None:
+    with s3_store.open_writer("small.csv", HEADERS) as writer:
+        writer.write(b"a,b\n")
+        writer.commit()
+    with s3_store.open_writer("empty.csv", HEADERS) as writer:
+        stored = writer.commit()
+    assert stored.size_bytes == 0
+    assert s3_client.get_object(Bucket=bucket, Key="small.csv")["Body"].read() == b"a,b\n"
+    assert list_keys(s3_client, bucket) == ["empty.csv", "small.csv"]
+
+
+def test_error_mid_upload_aborts_and_leaves_no_object(
+    s3_store: S3ObjectStore, s3_client: Any, bucket: str
+) -> None:
+    with pytest.raises(RuntimeError), s3_store.open_writer("big.csv", HEADERS) as writer:
+        writer.write(_payload(2 * MIN_PART_SIZE + 1))  # two parts already uploaded
+        raise RuntimeError("source died")
+    assert list_keys(s3_client, bucket) == []
+    assert pending_uploads(s3_client, bucket) == []
+
+
+def test_failing_part_upload_surfaces_and_aborts(s3_endpoint: str, s3_client: Any) -> None:
+    store = S3ObjectStore(S3Config(bucket="no-such-bucket", endpoint_url=s3_endpoint))
+    with pytest.raises(Exception, match="NoSuchBucket"), store.open_writer("x", HEADERS) as w:
+        w.write(_payload(MIN_PART_SIZE * 4))
+        w.commit()
+
+
+def test_presigned_link_is_sigv4_get_and_returns_exact_bytes(
+    s3_store: S3ObjectStore, bucket: str
+) -> None:
+    data = b"id,name\n1,alpha\n"
+    with s3_store.open_writer("exports/1/2025-02/d.csv", HEADERS) as writer:
+        writer.write(data)
+        writer.commit()
+    link = s3_store.download_link("exports/1/2025-02/d.csv")
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(link.url).query)
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+    assert query["X-Amz-Expires"] == ["604800"]
+    assert "testing-secret-key" not in link.url
+    with urllib.request.urlopen(link.url) as response:  # noqa: S310 - local test server
+        assert response.read() == data
+
+
+@pytest.mark.parametrize("ttl", [0, 604801])
+def test_link_ttl_is_bounded(ttl: int) -> None:
+    with pytest.raises(ValueError, match="EXPORT_LINK_TTL_SECONDS must be between 1 and 604800"):
+        S3Config(bucket="b", link_ttl_seconds=ttl)

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from export_pipeline.spec import Compression, Format, SpecError, load_spec, parse_spec
+
+VALID = """
+customers:
+  table: public.customers
+  key_column: id
+months:
+  start: "2024-01"
+datasets:
+  events:
+    table: public.events
+    customer_column: customer_id
+    time_column: occurred_at
+    format: parquet
+  invoices:
+    sql: SELECT * FROM invoices WHERE issued_on >= %(month_start)s AND issued_on < %(month_end)s;
+    customer_column: customer_id
+    format: csv
+    compression: gzip
+"""
+
+
+def test_valid_spec_parses_with_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "exports.yaml"
+    path.write_text(VALID)
+    spec = load_spec(path)
+    events = spec.datasets["events"]
+    assert events.table is not None and events.table.parts == ("public", "events")
+    assert events.format is Format.PARQUET and events.compression is Compression.ZSTD
+    invoices = spec.datasets["invoices"]
+    assert invoices.sql is not None and not invoices.sql.endswith(";")
+    assert invoices.compression is Compression.GZIP
+    assert spec.months_start.isoformat() == "2024-01-01"
+    assert spec.customers.key_column == "id"
+
+
+def test_repo_spec_is_valid() -> None:
+    spec = load_spec(Path(__file__).resolve().parents[1] / "exports.yaml")
+    assert set(spec.datasets) == {"events", "orders", "invoices"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "reason"),
+    [
+        ("format: parquet", "format: xls", "datasets.events.format", "'xls' is not one of"),
+        ("compression: gzip", "compression: snappy", "datasets.invoices.compression",
+         "'snappy' is not one of gzip, zstd, none"),
+        ("    time_column: occurred_at\n", "", "datasets.events.time_column",
+         "is required with `table:`"),
+        ('start: "2024-01"', 'start: "2024-13"', "months.start", "YYYY-MM"),
+        ("key_column: id", "key_colum: id", "customers.key_colum", "unknown key"),
+        ("%(month_end)s", "%(month_stop)s", "datasets.invoices.sql",
+         "unknown placeholder %(month_stop)s"),
+        ("%(month_end)s", "%s", "datasets.invoices.sql", "positional placeholders"),
+        ("  events:\n", "  Events:\n", "datasets.Events", "dataset names must be"),
+        ("    customer_column: customer_id\n    time_column", "    time_column",
+         "datasets.events.customer_column", "is required"),
+        ("  table: public.customers\n", "  table: a.b.c\n", "customers.table",
+         "'schema.table'"),
+    ],
+)
+def test_invalid_spec_names_file_key_and_reason(
+    tmp_path: Path, old: str, new: str, key: str, reason: str
+) -> None:
+    assert old in VALID
+    path = tmp_path / "bad.yaml"
+    path.write_text(VALID.replace(old, new, 1))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}: "), message
+    assert reason in message
+
+
+def test_table_and_sql_together_is_an_error() -> None:
+    text = VALID.replace("    table: public.events\n", "    table: public.events\n    sql: select 1\n")
+    with pytest.raises(SpecError, match=r"datasets.events: exactly one of `table:` or `sql:`"):
+        parse_spec(text, "x.yaml")
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="export spec not found"):
+        load_spec(tmp_path / "missing.yaml")
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("customers: [unclosed\n")
+    with pytest.raises(SpecError, match=r"broken.yaml: not valid YAML \(line"):
+        load_spec(bad)
+
+
+def test_literal_percent_is_allowed_when_doubled() -> None:
+    text = VALID.replace("SELECT * FROM invoices WHERE", "SELECT * FROM invoices WHERE note LIKE 'a%%' AND")
+    spec = parse_spec(text)
+    assert "'a%%'" in (spec.datasets["invoices"].sql or "")

@@ -134,7 +134,7 @@ def _write_text(
     dataset: DatasetSpec,
     tuning: EngineTuning,
 ) -> int:
-    statement = copy_statement(dataset.format, sql.SQL(query_text))  # noqa: S608 - bound above
+    statement = copy_statement(dataset.format, sql.SQL(query_text))
     framer = JsonArrayFramer() if dataset.format is Format.JSON else None
     compressor = make_compressor(dataset.compression)
     with conn.cursor() as cur:

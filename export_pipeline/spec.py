@@ -183,7 +183,7 @@ def _month(v: _Validator, value: Any, key: str) -> date:
     text = value if isinstance(value, str) else str(value)
     m = _MONTH_RE.fullmatch(text.strip())
     if not m or not 1 <= int(m.group(2)) <= 12:
-        v.fail(key, f"must be a month as \"YYYY-MM\", got {value!r}")
+        v.fail(key, f'must be a month as "YYYY-MM", got {value!r}')
     assert m is not None
     return date(int(m.group(1)), int(m.group(2)), 1)
 
@@ -194,11 +194,17 @@ def _check_sql(v: _Validator, text: str, key: str, allowed: frozenset[str]) -> s
         if conv == "%" and name is None:
             continue
         if name is None:
-            v.fail(key, "positional placeholders are not supported; use %(customer)s, "
-                        "%(month_start)s or %(month_end)s (write a literal % as %%)")
+            v.fail(
+                key,
+                "positional placeholders are not supported; use %(customer)s, "
+                "%(month_start)s or %(month_end)s (write a literal % as %%)",
+            )
         if name not in allowed or conv != "s":
-            v.fail(key, f"unknown placeholder %({name}){conv or ''}; allowed: "
-                        + ", ".join(f"%({p})s" for p in sorted(allowed)))
+            v.fail(
+                key,
+                f"unknown placeholder %({name}){conv or ''}; allowed: "
+                + ", ".join(f"%({p})s" for p in sorted(allowed)),
+            )
     # The query is wrapped as a subquery, so a trailing semicolon would be a syntax error.
     return text.strip().rstrip(";").strip()
 
@@ -216,10 +222,14 @@ def _customers(v: _Validator, raw: Any) -> CustomersSpec:
 def _dataset(v: _Validator, name: str, raw: Any) -> DatasetSpec:
     key = f"datasets.{name}"
     if not _DATASET_NAME_RE.fullmatch(name):
-        v.fail(key, "dataset names must be lower-case letters, digits and _, starting with a "
-                    "letter (they become asset keys and file names)")
+        v.fail(
+            key,
+            "dataset names must be lower-case letters, digits and _, starting with a "
+            "letter (they become asset keys and file names)",
+        )
     m = v.mapping(
-        raw, key,
+        raw,
+        key,
         required={"customer_column", "format"},
         optional={"table", "sql", "time_column", "compression"},
     )
@@ -235,12 +245,18 @@ def _dataset(v: _Validator, name: str, raw: Any) -> DatasetSpec:
         if "time_column" not in m:
             v.fail(f"{key}.time_column", "is required with `table:`")
         return DatasetSpec(
-            name, customer_column, fmt, comp,
+            name,
+            customer_column,
+            fmt,
+            comp,
             table=v.relation(m["table"], f"{key}.table"),
             time_column=v.string(m["time_column"], f"{key}.time_column"),
         )
     if "time_column" in m:
-        v.fail(f"{key}.time_column", "only applies to `table:`; filter the month in `sql:` "
-                                     "with %(month_start)s and %(month_end)s")
+        v.fail(
+            f"{key}.time_column",
+            "only applies to `table:`; filter the month in `sql:` "
+            "with %(month_start)s and %(month_end)s",
+        )
     sql_text = _check_sql(v, v.string(m["sql"], f"{key}.sql"), f"{key}.sql", SQL_PLACEHOLDERS)
     return DatasetSpec(name, customer_column, fmt, comp, sql=sql_text)

@@ -22,7 +22,9 @@ from export_pipeline.partitions import Month
 from export_pipeline.spec import Compression, DatasetSpec, Format
 
 
-def source_rows(dsn: str, dataset: DatasetSpec, customer: str, month: Month) -> tuple[list[str], list[tuple]]:
+def source_rows(
+    dsn: str, dataset: DatasetSpec, customer: str, month: Month
+) -> tuple[list[str], list[tuple]]:
     """Column names and rows (sorted by id) as psycopg loads them; json as exact-digit values."""
     query, params = dataset_query(dataset, customer, month)
     with psycopg.connect(dsn, options="-c TimeZone=UTC") as conn, conn.cursor() as cur:
@@ -30,14 +32,16 @@ def source_rows(dsn: str, dataset: DatasetSpec, customer: str, month: Month) -> 
         names = [c.name for c in cur.description or []]
         types = [c.type_display for c in cur.description or []]
         cols = sql.SQL(", ").join(
-            sql.SQL("{}::text").format(sql.Identifier(n)) if t in ("json", "jsonb")
+            sql.SQL("{}::text").format(sql.Identifier(n))
+            if t in ("json", "jsonb")
             else sql.Identifier(n)
             for n, t in zip(names, types, strict=True)
         )
         cur.execute(sql.SQL("SELECT {} FROM ({}) AS q ORDER BY 1").format(cols, query), params)
         rows = [
             tuple(
-                json.loads(v, parse_float=Decimal) if t in ("json", "jsonb") and v is not None
+                json.loads(v, parse_float=Decimal)
+                if t in ("json", "jsonb") and v is not None
                 else v
                 for v, t in zip(row, types, strict=True)
             )
@@ -46,7 +50,9 @@ def source_rows(dsn: str, dataset: DatasetSpec, customer: str, month: Month) -> 
     return names, rows
 
 
-def source_text_rows(dsn: str, dataset: DatasetSpec, customer: str, month: Month) -> list[list[str]]:
+def source_text_rows(
+    dsn: str, dataset: DatasetSpec, customer: str, month: Month
+) -> list[list[str]]:
     """Every value as PostgreSQL's own text output ('' for NULL), sorted by the first column."""
     query, params = dataset_query(dataset, customer, month)
     with psycopg.connect(dsn, options="-c TimeZone=UTC") as conn, conn.cursor() as cur:
@@ -95,6 +101,10 @@ def normalize(actual: Any, expected: Any) -> Any:
         return uuid.UUID(actual)
     if isinstance(expected, (dict, list)) and isinstance(actual, str):
         return json.loads(actual, parse_float=Decimal)
-    if isinstance(expected, str) and len(expected) == len(str(actual)) and not isinstance(actual, str):
+    if (
+        isinstance(expected, str)
+        and len(expected) == len(str(actual))
+        and not isinstance(actual, str)
+    ):
         return str(actual)
     return actual

@@ -25,8 +25,12 @@ from export_pipeline_tests.roundtrip import normalize, read_export, source_rows
 
 MARCH = Month(2025, 3)
 EVENTS = DatasetSpec(
-    "events", "customer_id", Format.PARQUET, Compression.ZSTD,
-    table=Relation(("public", "events")), time_column="occurred_at",
+    "events",
+    "customer_id",
+    Format.PARQUET,
+    Compression.ZSTD,
+    table=Relation(("public", "events")),
+    time_column="occurred_at",
 )
 VARIANTS = [
     (Format.PARQUET, Compression.ZSTD),
@@ -46,8 +50,13 @@ def _events(fmt: Format, comp: Compression) -> DatasetSpec:
 
 @pytest.mark.parametrize(("fmt", "comp"), VARIANTS)
 def test_round_trip_matches_source(
-    demo_source: SourceConfig, demo_dsn: str, s3_store: S3ObjectStore, s3_client: Any,
-    bucket: str, fmt: Format, comp: Compression,
+    demo_source: SourceConfig,
+    demo_dsn: str,
+    s3_store: S3ObjectStore,
+    s3_client: Any,
+    bucket: str,
+    fmt: Format,
+    comp: Compression,
 ) -> None:
     dataset = _events(fmt, comp)
     result = export_partition(demo_source, s3_store, dataset, "2", MARCH)
@@ -88,7 +97,15 @@ def test_metadata_facts_match_the_file(
     assert result.stored.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert result.rows == pq.ParquetFile(path).metadata.num_rows
     assert [c.pg_type for c in result.columns] == [
-        "int8", "int4", "timestamptz", "text", "numeric(12,2)", "jsonb", "text[]", "uuid", "bool"
+        "int8",
+        "int4",
+        "timestamptz",
+        "text",
+        "numeric(12,2)",
+        "jsonb",
+        "text[]",
+        "uuid",
+        "bool",
     ]
     assert result.link is None
     assert files_under(local_store.root) == ["exports/1/2025-03/events.parquet"]
@@ -101,7 +118,7 @@ def test_download_link_returns_the_exact_bytes(
         demo_source, s3_store, _events(Format.CSV, Compression.GZIP), "3", MARCH
     )
     assert result.link is not None
-    with urllib.request.urlopen(result.link.url) as response:  # noqa: S310 - local server
+    with urllib.request.urlopen(result.link.url) as response:
         body = response.read()
         assert response.headers["Content-Type"] == "application/gzip"
     assert hashlib.sha256(body).hexdigest() == result.stored.sha256
@@ -128,9 +145,12 @@ def test_customers_never_see_each_others_rows(
 ) -> None:
     # The SQL forgets to filter by customer: the engine's outer filter must still isolate.
     careless = DatasetSpec(
-        "careless", "customer_id", Format.PARQUET, Compression.ZSTD,
+        "careless",
+        "customer_id",
+        Format.PARQUET,
+        Compression.ZSTD,
         sql="SELECT * FROM public.events WHERE occurred_at >= %(month_start)s "
-            "AND occurred_at < %(month_end)s",
+        "AND occurred_at < %(month_end)s",
     )
     for dataset in (EVENTS, careless):
         result = export_partition(demo_source, local_store, dataset, customer, MARCH)
@@ -161,7 +181,10 @@ BOOM_SQL = "SELECT customer_id, n, pad, 1 / (1500 - n) AS x FROM boom ORDER BY n
 
 @pytest.mark.parametrize("fmt", list(Format))
 def test_failure_mid_stream_leaves_no_object_in_s3(
-    boom_source: SourceConfig, s3_store: S3ObjectStore, s3_client: Any, bucket: str,
+    boom_source: SourceConfig,
+    s3_store: S3ObjectStore,
+    s3_client: Any,
+    bucket: str,
     fmt: Format,
 ) -> None:
     dataset = DatasetSpec("boom", "customer_id", fmt, Compression.NONE, sql=BOOM_SQL)

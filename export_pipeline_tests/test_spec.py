@@ -49,20 +49,35 @@ def test_repo_spec_is_valid() -> None:
     ("old", "new", "key", "reason"),
     [
         ("format: parquet", "format: xls", "datasets.events.format", "'xls' is not one of"),
-        ("compression: gzip", "compression: snappy", "datasets.invoices.compression",
-         "'snappy' is not one of gzip, zstd, none"),
-        ("    time_column: occurred_at\n", "", "datasets.events.time_column",
-         "is required with `table:`"),
+        (
+            "compression: gzip",
+            "compression: snappy",
+            "datasets.invoices.compression",
+            "'snappy' is not one of gzip, zstd, none",
+        ),
+        (
+            "    time_column: occurred_at\n",
+            "",
+            "datasets.events.time_column",
+            "is required with `table:`",
+        ),
         ('start: "2024-01"', 'start: "2024-13"', "months.start", "YYYY-MM"),
         ("key_column: id", "key_colum: id", "customers.key_colum", "unknown key"),
-        ("%(month_end)s", "%(month_stop)s", "datasets.invoices.sql",
-         "unknown placeholder %(month_stop)s"),
+        (
+            "%(month_end)s",
+            "%(month_stop)s",
+            "datasets.invoices.sql",
+            "unknown placeholder %(month_stop)s",
+        ),
         ("%(month_end)s", "%s", "datasets.invoices.sql", "positional placeholders"),
         ("  events:\n", "  Events:\n", "datasets.Events", "dataset names must be"),
-        ("    customer_column: customer_id\n    time_column", "    time_column",
-         "datasets.events.customer_column", "is required"),
-        ("  table: public.customers\n", "  table: a.b.c\n", "customers.table",
-         "'schema.table'"),
+        (
+            "    customer_column: customer_id\n    time_column",
+            "    time_column",
+            "datasets.events.customer_column",
+            "is required",
+        ),
+        ("  table: public.customers\n", "  table: a.b.c\n", "customers.table", "'schema.table'"),
     ],
 )
 def test_invalid_spec_names_file_key_and_reason(
@@ -79,7 +94,9 @@ def test_invalid_spec_names_file_key_and_reason(
 
 
 def test_table_and_sql_together_is_an_error() -> None:
-    text = VALID.replace("    table: public.events\n", "    table: public.events\n    sql: select 1\n")
+    text = VALID.replace(
+        "    table: public.events\n", "    table: public.events\n    sql: select 1\n"
+    )
     with pytest.raises(SpecError, match=r"datasets.events: exactly one of `table:` or `sql:`"):
         parse_spec(text, "x.yaml")
 
@@ -94,6 +111,8 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 
 
 def test_literal_percent_is_allowed_when_doubled() -> None:
-    text = VALID.replace("SELECT * FROM invoices WHERE", "SELECT * FROM invoices WHERE note LIKE 'a%%' AND")
+    text = VALID.replace(
+        "SELECT * FROM invoices WHERE", "SELECT * FROM invoices WHERE note LIKE 'a%%' AND"
+    )
     spec = parse_spec(text)
     assert "'a%%'" in (spec.datasets["invoices"].sql or "")

@@ -6,7 +6,6 @@ Python value, and the engine needs the partition's customer and month to build t
 just a place to put a return value.
 """
 
-
 from typing import Any
 
 import dagster as dg

@@ -6,7 +6,11 @@ from datetime import date
 
 import dagster as dg
 
-from export_pipeline.partitions import CUSTOMER_DIMENSION, CUSTOMERS_PARTITIONS_NAME, MONTH_DIMENSION
+from export_pipeline.partitions import (
+    CUSTOMER_DIMENSION,
+    CUSTOMERS_PARTITIONS_NAME,
+    MONTH_DIMENSION,
+)
 
 customers_partitions_def = dg.DynamicPartitionsDefinition(name=CUSTOMERS_PARTITIONS_NAME)
 

@@ -1,6 +1,5 @@
 """Sensors that keep the partitions in step with the source database."""
 
-
 import hashlib
 import json
 

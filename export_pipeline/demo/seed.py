@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 _CUSTOMERS = """
 INSERT INTO public.customers (id, name, created_at)
 SELECT i, (ARRAY['Acme','Globex','Initech','Umbrella','Hooli','Stark','Wayne','Tyrell',
-                 'Cyberdyne','Soylent'])[1 + (i - 1) %% 10] || CASE WHEN i > 10 THEN ' ' || i ELSE '' END,
+                 'Cyberdyne','Soylent'])[1 + (i - 1) %% 10]
+         || CASE WHEN i > 10 THEN ' ' || i ELSE '' END,
        make_timestamptz(%(year)s - 1, 1 + (i %% 12), 1, 0, 0, 0, 'UTC')
 FROM generate_series(1, %(customers)s) AS i
 """
@@ -30,7 +31,8 @@ SELECT 1 + (hashint4(i::int) & 2147483647) %% %(customers)s,
        make_timestamptz(%(year)s, 1, 1, 0, 0, 0, 'UTC') + (i * (interval '365 days' / %(rows)s)),
        (ARRAY['page_view','click','add_to_cart','purchase','signup','login','logout','search'])
          [1 + (i %% 8)],
-       CASE WHEN i %% 5 = 0 THEN NULL ELSE round(((hashint4(i::int + 7) & 1048575) / 104.8575)::numeric, 2) END,
+       CASE WHEN i %% 5 = 0 THEN NULL
+            ELSE round(((hashint4(i::int + 7) & 1048575) / 104.8575)::numeric, 2) END,
        jsonb_build_object('path', '/p/' || (i %% 5000),
                           'ua', 'Mozilla/5.0 (X11; Linux x86_64) Chrome/' || (100 + i %% 30),
                           'ref', CASE WHEN i %% 3 = 0 THEN 'google' ELSE 'direct' END,
@@ -90,7 +92,9 @@ def seed_demo(dsn: str, rows: int = 50_000, customers: int = 10, year: int = 202
             conn.execute(statement, {k: v for k, v in params.items() if f"%({k})s" in statement})
         conn.execute(_INDEXES)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("VACUUM (ANALYZE) public.customers, public.events, public.orders, public.invoices")
+        conn.execute(
+            "VACUUM (ANALYZE) public.customers, public.events, public.orders, public.invoices"
+        )
     logger.info("seeded %s events for %s customers in %s", rows, customers, year)
 
 

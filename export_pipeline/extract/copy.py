@@ -16,7 +16,7 @@ DEFAULT_CHUNK_SIZE = 1024 * 1024
 
 
 def copy_chunks(
-    cur: psycopg.Cursor, statement: sql.Composable, chunk_size: int = DEFAULT_CHUNK_SIZE
+    cur: psycopg.Cursor, statement: sql.Composed, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> Iterator[bytes]:
     """Yield the COPY output in chunks; afterwards `cur.rowcount` is the number of rows."""
     buffer = bytearray()

@@ -82,7 +82,7 @@ def customers_query(customers: CustomersSpec) -> sql.Composed:
     ).format(key=key, source=source)
 
 
-def render(conn: psycopg.Connection, query: sql.Composable, params: dict) -> str:
+def render(conn: psycopg.Connection, query: sql.Composed, params: dict) -> str:
     """The query as text with parameters bound client-side by psycopg."""
     return ClientCursor(conn).mogrify(query, params)
 
@@ -100,8 +100,11 @@ def describe(conn: psycopg.Connection, query_text: str, dataset: str) -> list[Co
     unknown = [c.type_code for c in description if c.type_display.isdigit()]
     names = _type_names(conn, unknown) if unknown else {}
     columns = [
-        Column(c.name, c.type_display if not c.type_display.isdigit() else names[c.type_code],
-               c.type_code)
+        Column(
+            c.name,
+            c.type_display if not c.type_display.isdigit() else names[c.type_code],
+            c.type_code,
+        )
         for c in description
     ]
     check_column_names(columns, dataset)

@@ -11,7 +11,7 @@ group.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import BinaryIO
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,6 +39,12 @@ def _numeric_target(field: pa.Field) -> pa.DataType:
 
 
 Convert = Callable[[pa.Array], pa.Array]
+
+
+class BinarySink(Protocol):
+    """Anything with a binary `write`; pyarrow wraps it as an output stream."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> int: ...
 
 
 def _plan(field: pa.Field, dataset: str) -> tuple[pa.Field, Convert | None]:
@@ -89,7 +95,7 @@ class ParquetBatchWriter:
     """Converts and writes batches; `rows` counts what was written."""
 
     def __init__(
-        self, schema: pa.Schema, sink: BinaryIO, compression: Compression, dataset: str
+        self, schema: pa.Schema, sink: BinarySink, compression: Compression, dataset: str
     ) -> None:
         plans = [_plan(f, dataset) for f in schema]
         self.schema = pa.schema([p[0] for p in plans], metadata=schema.metadata)
@@ -125,7 +131,7 @@ class ParquetBatchWriter:
 def write_parquet(
     schema: pa.Schema,
     batches: Iterable[pa.RecordBatch],
-    sink: BinaryIO,
+    sink: BinarySink,
     compression: Compression,
     dataset: str,
 ) -> int:

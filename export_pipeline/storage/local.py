@@ -20,7 +20,7 @@ class LocalObjectWriter(ObjectWriter):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-        self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        self._file = open(self._tmp, "xb")
 
     def _write(self, data: bytes | bytearray | memoryview) -> None:
         self._file.write(data)

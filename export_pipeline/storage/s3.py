@@ -156,7 +156,7 @@ class S3ObjectWriter(ObjectWriter):
             self._client.abort_multipart_upload(
                 Bucket=self._config.bucket, Key=self.key, UploadId=self._upload_id
             )
-        except Exception:  # noqa: BLE001 - the original error matters more; S3 expires it
+        except Exception:
             pass
 
     def _shutdown(self) -> None:

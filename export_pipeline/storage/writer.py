@@ -66,7 +66,7 @@ class ObjectWriter(ABC):
             self._write(data)
         return n
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 - nothing is buffered at this level
         pass
 
     def tell(self) -> int:

@@ -78,7 +78,7 @@ def test_presigned_link_is_sigv4_get_and_returns_exact_bytes(
     assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
     assert query["X-Amz-Expires"] == ["604800"]
     assert "testing-secret-key" not in link.url
-    with urllib.request.urlopen(link.url) as response:  # noqa: S310 - local test server
+    with urllib.request.urlopen(link.url) as response:
         assert response.read() == data
 
 

@@ -44,12 +44,15 @@ from export_pipeline.storage.writer import (
     ObjectWriter,
     StoredObject,
 )
+from export_pipeline.streams import BackgroundConsumer, prefetch
 
 
 @dataclass(frozen=True)
 class EngineTuning:
     batch_size_hint_bytes: int = DEFAULT_BATCH_SIZE_HINT_BYTES
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    prefetch_batches: int = 1
+    writer_queue_chunks: int = 4
 
 
 @dataclass(frozen=True)
@@ -84,22 +87,21 @@ def export_partition(
     tuning: EngineTuning | None = None,
 ) -> ExportResult:
     """Stream the customer's rows for `month` into `store`; return what was delivered."""
-    tuning = tuning or EngineTuning()
     started = time.perf_counter()
     validate_customer_key(customer)
     key = export_key(store, dataset, customer, month)
-    headers = ObjectHeaders(content_type(dataset.format, dataset.compression), key.rsplit("/")[-1])
     query, params = dataset_query(dataset, customer, month)
-    with connect(source) as conn:
-        query_text = render(conn, query, params)
-        columns = describe(conn, query_text, dataset.name)
-        with store.open_writer(key, headers) as writer:
-            if dataset.format is Format.PARQUET:
-                conn.rollback()  # nothing more on this connection; don't hold a snapshot open
-                rows = _write_parquet(source, query_text, writer, dataset, tuning)
-            else:
-                rows = _write_text(conn, query_text, writer, dataset, tuning)
-            stored = writer.commit()
+    delivery = export_query(
+        source,
+        store,
+        key,
+        query,
+        params,
+        dataset.format,
+        dataset.compression,
+        name=dataset.name,
+        tuning=tuning,
+    )
     link = store.download_link(key)
     return ExportResult(
         dataset=dataset.name,
@@ -107,46 +109,105 @@ def export_partition(
         month=month,
         format=dataset.format,
         compression=dataset.compression,
-        rows=rows,
-        stored=stored,
-        columns=columns,
+        rows=delivery.rows,
+        stored=delivery.stored,
+        columns=delivery.columns,
         duration_seconds=time.perf_counter() - started,
         link=link,
     )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    rows: int
+    stored: StoredObject
+    columns: list[Column]
+
+
+def export_query(
+    source: SourceConfig,
+    store: ObjectStore,
+    key: str,
+    query: sql.Composed,
+    params: dict,
+    fmt: Format,
+    compression: Compression,
+    *,
+    name: str,
+    tuning: EngineTuning | None = None,
+) -> Delivery:
+    """Stream any query's result into the object `key`, published only when complete.
+
+    `export_partition` is this plus the partition's key and query; the benchmark calls it
+    directly with the full-table query.
+    """
+    tuning = tuning or EngineTuning()
+    headers = ObjectHeaders(content_type(fmt, compression), key.rsplit("/")[-1])
+    with connect(source) as conn:
+        query_text = render(conn, query, params)
+        columns = describe(conn, query_text, name)
+        with store.open_writer(key, headers) as writer:
+            if fmt is Format.PARQUET:
+                conn.rollback()  # nothing more on this connection; don't hold a snapshot open
+                rows = _write_parquet(source, query_text, writer, compression, name, tuning)
+            else:
+                rows = _write_text(conn, query_text, writer, fmt, compression, name, tuning)
+            stored = writer.commit()
+    return Delivery(rows, stored, columns)
 
 
 def _write_parquet(
     source: SourceConfig,
     query_text: str,
     writer: ObjectWriter,
-    dataset: DatasetSpec,
+    compression: Compression,
+    name: str,
     tuning: EngineTuning,
 ) -> int:
+    """Batches are read on a background thread while this one encodes the previous one.
+
+    Memory: about (prefetch depth + 2) batches of `batch_size_hint_bytes`, plus the Parquet
+    writer's buffers for one row group.
+    """
     with record_batches(source, query_text, tuning.batch_size_hint_bytes) as reader:
-        batches = read_batches(reader, dataset.name)
-        return write_parquet(reader.schema, batches, writer, dataset.compression, dataset.name)
+        batches = prefetch(read_batches(reader, name), depth=tuning.prefetch_batches)
+        return write_parquet(reader.schema, batches, writer, compression, name)
 
 
 def _write_text(
     conn: psycopg.Connection,
     query_text: str,
     writer: ObjectWriter,
-    dataset: DatasetSpec,
+    fmt: Format,
+    compression: Compression,
+    name: str,
     tuning: EngineTuning,
 ) -> int:
-    statement = copy_statement(dataset.format, sql.SQL(query_text))
-    framer = JsonArrayFramer() if dataset.format is Format.JSON else None
-    compressor = make_compressor(dataset.compression)
+    """This thread reads COPY; a second one frames, compresses, hashes and writes.
+
+    Memory: `writer_queue_chunks + 2` chunks of `chunk_size`, plus the S3 writer's parts.
+    """
+    statement = copy_statement(fmt, sql.SQL(query_text))
+    framer = JsonArrayFramer() if fmt is Format.JSON else None
+    compressor = make_compressor(compression)
+
+    def encode(data: bytes) -> bytes:
+        data = framer.feed(data) if framer else data
+        return compressor.compress(data) if compressor else data
+
+    def consume(chunk: bytes) -> None:
+        writer.write(encode(chunk))
+
     with conn.cursor() as cur:
-        try:
-            for chunk in copy_chunks(cur, statement, tuning.chunk_size):
-                data = framer.feed(chunk) if framer else chunk
-                writer.write(compressor.compress(data) if compressor else data)
-        except psycopg.Error as exc:
-            raise QueryError(
-                f"dataset {dataset.name!r}: export query failed: "
-                f"{getattr(exc.diag, 'message_primary', None) or exc}"
-            ) from None
+        with BackgroundConsumer(consume, depth=tuning.writer_queue_chunks) as background:
+            try:
+                for chunk in copy_chunks(cur, statement, tuning.chunk_size):
+                    background.put(chunk)
+            except psycopg.Error as exc:
+                raise QueryError(
+                    f"dataset {name!r}: export query failed: "
+                    f"{getattr(exc.diag, 'message_primary', None) or exc}"
+                ) from None
         rows = cur.rowcount
     if framer:
         tail = framer.finish()

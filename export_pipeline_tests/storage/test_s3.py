@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
+import boto3
 import pytest
+from botocore.config import Config
 
 from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore
 from export_pipeline.storage.writer import ObjectHeaders
@@ -86,3 +89,36 @@ def test_presigned_link_is_sigv4_get_and_returns_exact_bytes(
 def test_link_ttl_is_bounded(ttl: int) -> None:
     with pytest.raises(ValueError, match="EXPORT_LINK_TTL_SECONDS must be between 1 and 604800"):
         S3Config(bucket="b", link_ttl_seconds=ttl)
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url) as response:  # local test server
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_the_endpoint_rejects_bad_signatures(
+    s3_store: S3ObjectStore, s3_endpoint: str, bucket: str
+) -> None:
+    """The test S3 endpoint checks SigV4, so the link test above can fail for real."""
+    with s3_store.open_writer("k.csv", HEADERS) as writer:
+        writer.write(b"x")
+        writer.commit()
+    good = s3_store.download_link("k.csv").url
+    assert _get(good) == (200, b"x")
+    status, body = _get(good.replace("k.csv", "other.csv"))
+    assert status == 403 and b"SignatureDoesNotMatch" in body
+    wrong_secret = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id="testing-key-id",
+        aws_secret_access_key="not-the-secret",
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    ).generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k.csv"})
+    assert _get(wrong_secret)[0] == 403
+    sigv2 = boto3.client(
+        "s3", endpoint_url=s3_endpoint, config=Config(signature_version="s3")
+    ).generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k.csv"})
+    assert _get(sigv2)[0] == 403

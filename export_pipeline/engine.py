@@ -21,6 +21,7 @@ from export_pipeline.extract.arrow import (
     record_batches,
 )
 from export_pipeline.extract.connection import SourceConfig, connect
+from export_pipeline.extract.contract import ContractOptions, contract_query
 from export_pipeline.extract.copy import DEFAULT_CHUNK_SIZE, copy_chunks
 from export_pipeline.extract.query import (
     Column,
@@ -101,6 +102,7 @@ def export_partition(
         dataset.compression,
         name=dataset.name,
         tuning=tuning,
+        contract=ContractOptions.of(dataset),
     )
     link = store.download_link(key)
     return ExportResult(
@@ -135,6 +137,7 @@ def export_query(
     *,
     name: str,
     tuning: EngineTuning | None = None,
+    contract: ContractOptions | None = None,
 ) -> Delivery:
     """Stream any query's result into the object `key`, published only when complete.
 
@@ -146,6 +149,7 @@ def export_query(
     with connect(source) as conn:
         query_text = render(conn, query, params)
         columns = describe(conn, query_text, name)
+        query_text = contract_query(conn, query_text, columns, fmt, name, contract)
         with store.open_writer(key, headers) as writer:
             if fmt is Format.PARQUET:
                 conn.rollback()  # nothing more on this connection; don't hold a snapshot open

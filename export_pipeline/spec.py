@@ -30,6 +30,13 @@ class Format(StrEnum):
     JSON = "json"
 
 
+class Unrepresentable(StrEnum):
+    """What to do with a value the format cannot hold exactly (see docs/types.md)."""
+
+    FAIL = "fail"  # stop the export with one error naming dataset, column, type and value
+    TEXT = "text"  # export the at-risk columns as PostgreSQL's own text output
+
+
 class Compression(StrEnum):
     NONE = "none"
     GZIP = "gzip"
@@ -83,6 +90,9 @@ class DatasetSpec:
     table: Relation | None = None
     time_column: str | None = None
     sql: str | None = None
+    unrepresentable: Unrepresentable = Unrepresentable.FAIL
+    # CSV only: prefix text cells starting with = + - @ tab CR with a single quote.
+    csv_formula_guard: bool = False
 
 
 @dataclass(frozen=True)
@@ -231,7 +241,14 @@ def _dataset(v: _Validator, name: str, raw: Any) -> DatasetSpec:
         raw,
         key,
         required={"customer_column", "format"},
-        optional={"table", "sql", "time_column", "compression"},
+        optional={
+            "table",
+            "sql",
+            "time_column",
+            "compression",
+            "unrepresentable",
+            "csv_formula_guard",
+        },
     )
     v.one_of(m, key, "table", "sql")
     fmt = Format(v.choice(m["format"], f"{key}.format", tuple(Format)))
@@ -241,6 +258,14 @@ def _dataset(v: _Validator, name: str, raw: Any) -> DatasetSpec:
     else:
         comp = DEFAULT_COMPRESSION[fmt]
     customer_column = v.string(m["customer_column"], f"{key}.customer_column")
+    unrepresentable = Unrepresentable(
+        v.choice(m.get("unrepresentable", "fail"), f"{key}.unrepresentable", tuple(Unrepresentable))
+    )
+    guard = m.get("csv_formula_guard", False)
+    if not isinstance(guard, bool):
+        v.fail(f"{key}.csv_formula_guard", f"must be true or false, got {_kind(guard)}")
+    if guard and fmt is not Format.CSV:
+        v.fail(f"{key}.csv_formula_guard", "only applies to `format: csv`")
     if "table" in m:
         if "time_column" not in m:
             v.fail(f"{key}.time_column", "is required with `table:`")
@@ -251,6 +276,8 @@ def _dataset(v: _Validator, name: str, raw: Any) -> DatasetSpec:
             comp,
             table=v.relation(m["table"], f"{key}.table"),
             time_column=v.string(m["time_column"], f"{key}.time_column"),
+            unrepresentable=unrepresentable,
+            csv_formula_guard=guard,
         )
     if "time_column" in m:
         v.fail(
@@ -259,4 +286,12 @@ def _dataset(v: _Validator, name: str, raw: Any) -> DatasetSpec:
             "with %(month_start)s and %(month_end)s",
         )
     sql_text = _check_sql(v, v.string(m["sql"], f"{key}.sql"), f"{key}.sql", SQL_PLACEHOLDERS)
-    return DatasetSpec(name, customer_column, fmt, comp, sql=sql_text)
+    return DatasetSpec(
+        name,
+        customer_column,
+        fmt,
+        comp,
+        sql=sql_text,
+        unrepresentable=unrepresentable,
+        csv_formula_guard=guard,
+    )

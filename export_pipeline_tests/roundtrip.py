@@ -82,7 +82,8 @@ def read_export(data: bytes, fmt: Format, compression: Compression) -> tuple[lis
         rows = list(csv.reader(io.StringIO(text, newline="")))
         return rows[0], rows[1:]
     if fmt is Format.JSONL:
-        objs = [json.loads(line, parse_float=Decimal) for line in text.splitlines()]
+        # only LF ends a record: splitlines() would also split on U+0085 inside strings
+        objs = [json.loads(line, parse_float=Decimal) for line in text.split("\n") if line]
     else:
         objs = json.loads(text, parse_float=Decimal)
     names = list(objs[0]) if objs else []

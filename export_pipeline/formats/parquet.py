@@ -1,9 +1,19 @@
 """Parquet from Arrow record batches, one row group per batch.
 
 Types the ADBC driver hands over that Parquet cannot hold as they are get converted once per
-batch, in Arrow compute (no per-row Python):
-- numeric(p,s) with p <= 38 arrives as text and becomes decimal128(p,s), exactly;
-- unconstrained numeric (or p > 38) stays text: exact digits, never rounded.
+batch, in Arrow compute (no per-row Python); the full contract is docs/types.md:
+- numeric(p,s) with p <= 38 arrives as text and becomes decimal128(p,s), exactly; NaN and
+  ±Infinity cannot be decimals and stop the export;
+- unconstrained numeric (or p > 38) stays text: exact digits, NaN/±Infinity spelled as
+  PostgreSQL spells them;
+- interval becomes struct<months: int32, days: int32, microseconds: int64>, never a duration;
+- date and timestamp[tz] values below PostgreSQL's earliest date can only be the driver's
+  wrap-around of ±infinity (or of years past 294246): they stop the export, never get written;
+- types the driver leaves as `arrow.opaque` (timetz, inet, ...), bare `money` and composites
+  (whose NULLs the driver loses) stop the export before the first row; extract/contract.py
+  rewrites the query so they never get here (money as numeric, composites as JSON, the rest as
+  text when the dataset opts in).
+Lists (arrays) are converted element-wise.
 Memory: one batch in, one converted batch out, plus the writer's column buffers for one row
 group.
 """
@@ -22,23 +32,28 @@ from export_pipeline.spec import Compression
 
 _PG_TYPE = b"POSTGRESQL:type"
 _PG_TYPMOD = b"POSTGRESQL:typmod"
+# PostgreSQL's earliest date, 4714-11-24 BC (Julian day 0), as days / microseconds since 1970.
+# The driver shifts PostgreSQL's 2000-based values to 1970 without overflow checks, so
+# ±infinity and years past 294246 wrap around to values far below these.
+PG_MIN_DAYS = -2_440_588
+PG_MIN_MICROS = PG_MIN_DAYS * 86_400_000_000
+_DATE_SENTINELS = {-2_147_472_692: "infinity", -2_147_472_691: "-infinity"}
+_TIMESTAMP_SENTINELS = {
+    -9_222_425_352_054_775_809: "infinity",
+    -9_222_425_352_054_775_808: "-infinity",
+}
+_NUMERIC_SPECIALS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+INTERVAL_TYPE = pa.struct(
+    [("months", pa.int32()), ("days", pa.int32()), ("microseconds", pa.int64())]
+)
+# adbc-driver-postgresql 1.13 leaves a composite's validity bitmap all zero (NULL and ROW(...)
+# become indistinguishable); extract/contract.py sends composites as JSON instead.
+_COMPOSITE_PROBLEM = "the driver loses which composite values are NULL"
+_FALLBACK_HINT = "set `unrepresentable: text` on the dataset to export it as PostgreSQL text"
 
 
 class UnrepresentableValueError(ExportError, ValueError):
     """A value cannot be written to the chosen format without changing it."""
-
-
-def _numeric_target(field: pa.Field) -> pa.DataType:
-    meta = field.metadata or {}
-    typmod = int(meta.get(_PG_TYPMOD, b"-1"))
-    if typmod >= 4:
-        precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
-        if 0 < precision <= 38 and scale <= precision:
-            return pa.decimal128(precision, scale)
-    return pa.string()
-
-
-Convert = Callable[[pa.Array], pa.Array]
 
 
 class BinarySink(Protocol):
@@ -47,40 +62,132 @@ class BinarySink(Protocol):
     def write(self, data: bytes | bytearray | memoryview) -> int: ...
 
 
-def _plan(field: pa.Field, dataset: str) -> tuple[pa.Field, Convert | None]:
-    pg_type = (field.metadata or {}).get(_PG_TYPE, b"").decode()
-    storage = field.type.storage_type if isinstance(field.type, pa.BaseExtensionType) else None
-    if pg_type == "numeric" and storage is not None:
+Convert = Callable[[pa.Array], pa.Array]
+
+
+def _pg_type(field: pa.Field) -> str:
+    meta = field.metadata or {}
+    name = meta.get(_PG_TYPE, b"").decode() or "unknown type"
+    typmod = int(meta.get(_PG_TYPMOD, b"-1"))
+    if name == "numeric" and typmod >= 4:
+        precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+        return f"numeric({precision},{scale})"
+    return name
+
+
+def _numeric_target(field: pa.Field) -> pa.DataType:
+    typmod = int((field.metadata or {}).get(_PG_TYPMOD, b"-1"))
+    if typmod >= 4:
+        precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+        if 0 < precision <= 38 and scale <= precision:
+            return pa.decimal128(precision, scale)
+    return pa.string()
+
+
+class _Planner:
+    """Works out, once per schema, the target type and converter of each column."""
+
+    def __init__(self, dataset: str) -> None:
+        self.dataset = dataset
+
+    def fail(self, where: str, pg_type: str, problem: str) -> UnrepresentableValueError:
+        return UnrepresentableValueError(
+            f"dataset {self.dataset!r}, column {where!r} ({pg_type}): {problem}; {_FALLBACK_HINT}"
+        )
+
+    def plan(self, field: pa.Field, where: str) -> tuple[pa.DataType, Convert | None]:
+        typ, pg_type = field.type, _pg_type(field)
+        if isinstance(typ, pa.BaseExtensionType) and typ.extension_name == "arrow.opaque":
+            if pg_type.startswith("numeric"):
+                return self._numeric(field, where, pg_type)
+            raise self.fail(where, pg_type, "the PostgreSQL driver has no Arrow type for it")
+        if pg_type == "money":
+            raise self.fail(where, pg_type, "the driver hands over money as bare minor units")
+        if pa.types.is_interval(typ):
+            return INTERVAL_TYPE, _interval_struct
+        if pa.types.is_date32(typ):
+            return typ, self._range_check(where, pg_type, pa.int32(), PG_MIN_DAYS, _DATE_SENTINELS)
+        if pa.types.is_timestamp(typ):
+            check = self._range_check(
+                where, pg_type, pa.int64(), PG_MIN_MICROS, _TIMESTAMP_SENTINELS
+            )
+            return typ, check
+        if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+            return self._list(typ, where)
+        if pa.types.is_struct(typ):  # only composites arrive as structs
+            raise self.fail(where, pg_type, _COMPOSITE_PROBLEM)
+        return typ, None
+
+    def _numeric(
+        self, field: pa.Field, where: str, pg_type: str
+    ) -> tuple[pa.DataType, Convert | None]:
         target = _numeric_target(field)
 
-        def convert(arr: pa.Array, target: pa.DataType = target) -> pa.Array:
+        def convert(arr: pa.Array) -> pa.Array:
             raw = arr.storage if isinstance(arr, pa.ExtensionArray) else arr
+            special = pc.is_in(raw, value_set=pa.array(list(_NUMERIC_SPECIALS)))
+            has_special = pc.any(special).as_py()
             if pa.types.is_string(target):
-                return raw
+                return _spell_specials(raw, special) if has_special else raw
+            if has_special:
+                bad = pc.filter(raw, special)[0].as_py()
+                raise self.fail(where, pg_type, self._not_decimal(_NUMERIC_SPECIALS[bad], target))
             try:
                 return pc.cast(raw, target)
             except pa.ArrowInvalid:
-                bad = _first_unparseable(raw, target)
-                raise UnrepresentableValueError(
-                    f"dataset {dataset!r}, column {field.name!r} ({pg_type}): value {bad!r} "
-                    f"cannot be written to Parquet as {target}"
-                ) from None
+                bad = _first_uncastable(raw, target)
+                raise self.fail(where, pg_type, self._not_decimal(bad, target)) from None
 
-        return pa.field(field.name, target, nullable=True, metadata=field.metadata), convert
-    if isinstance(field.type, pa.BaseExtensionType) and field.type.extension_name == "arrow.opaque":
-        raise UnrepresentableValueError(
-            f"dataset {dataset!r}, column {field.name!r} ({pg_type or 'unknown type'}): "
-            "the PostgreSQL driver has no Arrow type for it; cast it to text in the dataset SQL"
-        )
-    if pa.types.is_interval(field.type):
-        raise UnrepresentableValueError(
-            f"dataset {dataset!r}, column {field.name!r} (interval): Parquet cannot hold "
-            "months, days and microseconds separately; cast it to text in the dataset SQL"
-        )
-    return field, None
+        return target, convert
+
+    @staticmethod
+    def _not_decimal(value: str | None, target: pa.DataType) -> str:
+        return f"value {value} cannot be written to Parquet as {target}"
+
+    def _range_check(
+        self,
+        where: str,
+        pg_type: str,
+        physical: pa.DataType,
+        minimum: int,
+        sentinels: dict[int, str],
+    ) -> Convert:
+        def check(arr: pa.Array) -> pa.Array:
+            low = pc.min(arr.view(physical)).as_py()
+            if low is not None and low < minimum:
+                value = sentinels.get(low, "beyond year 294246 (the driver cannot convert it)")
+                raise self.fail(
+                    where, pg_type, f"value {value} cannot be written to Parquet as {arr.type}"
+                )
+            return arr
+
+        return check
+
+    def _list(self, typ: pa.DataType, where: str) -> tuple[pa.DataType, Convert | None]:
+        item_type, item_convert = self.plan(typ.value_field, f"{where}[]")
+        if item_convert is None:
+            return typ, None
+        item_field = typ.value_field.with_type(item_type)
+        target = pa.large_list(item_field) if pa.types.is_large_list(typ) else pa.list_(item_field)
+
+        def convert(arr: pa.Array) -> pa.Array:
+            values = item_convert(arr.values)
+            cls = pa.LargeListArray if pa.types.is_large_list(typ) else pa.ListArray
+            mask = arr.is_null() if arr.null_count else None
+            return cls.from_arrays(arr.offsets, values, type=target, mask=mask)
+
+        return target, convert
 
 
-def _first_unparseable(raw: pa.Array, target: pa.DataType) -> str | None:
+def _spell_specials(raw: pa.Array, special: pa.Array) -> pa.Array:
+    """The driver's nan/inf/-inf spelled as PostgreSQL's NaN/Infinity/-Infinity."""
+    keys = pa.array(list(_NUMERIC_SPECIALS))
+    spelled = pc.take(pa.array(list(_NUMERIC_SPECIALS.values())), pc.index_in(raw, keys))
+    return pc.if_else(special, spelled, raw)
+
+
+def _first_uncastable(raw: pa.Array, target: pa.DataType) -> str | None:
+    """Error path only: the first value that does not cast (a Python loop is fine here)."""
     for value in raw.to_pylist():
         if value is None:
             continue
@@ -91,14 +198,41 @@ def _first_unparseable(raw: pa.Array, target: pa.DataType) -> str | None:
     return None
 
 
+def _interval_struct(arr: pa.Array) -> pa.Array:
+    """month_day_nano -> struct<months, days, microseconds>, reading the value buffer in place.
+
+    Each value is 16 bytes (int32 months, int32 days, int64 nanoseconds); viewing the buffer as
+    fixed-size lists of int32/int64 picks the parts out without copying rows through Python.
+    """
+    n, data = len(arr), arr.buffers()[1]
+    words = pa.Array.from_buffers(pa.int32(), 4 * n, [None, data], offset=4 * arr.offset)
+    longs = pa.Array.from_buffers(pa.int64(), 2 * n, [None, data], offset=2 * arr.offset)
+    as_words = pa.FixedSizeListArray.from_arrays(words, 4)
+    nanos = pc.list_element(pa.FixedSizeListArray.from_arrays(longs, 2), 1)
+    children = [
+        pc.list_element(as_words, 0),
+        pc.list_element(as_words, 1),
+        pc.divide(nanos, 1000),  # exact: PostgreSQL stores whole microseconds
+    ]
+    mask = arr.is_null() if arr.null_count else None
+    return pa.StructArray.from_arrays(children, fields=list(INTERVAL_TYPE), mask=mask)
+
+
 class ParquetBatchWriter:
     """Converts and writes batches; `rows` counts what was written."""
 
     def __init__(
         self, schema: pa.Schema, sink: BinarySink, compression: Compression, dataset: str
     ) -> None:
-        plans = [_plan(f, dataset) for f in schema]
-        self.schema = pa.schema([p[0] for p in plans], metadata=schema.metadata)
+        planner = _Planner(dataset)
+        plans = [planner.plan(f, f.name) for f in schema]
+        self.schema = pa.schema(
+            [
+                pa.field(f.name, target, nullable=True, metadata=f.metadata)
+                for f, (target, _) in zip(schema, plans, strict=True)
+            ],
+            metadata=schema.metadata,
+        )
         self._converts = [p[1] for p in plans]
         codec = "none" if compression is Compression.NONE else compression.value
         self._writer = pq.ParquetWriter(

@@ -15,7 +15,7 @@ from export_pipeline.errors import ExportError
 from export_pipeline.partitions import CUSTOMER_DIMENSION, MONTH_DIMENSION, Month
 from export_pipeline.resources.source import PostgresSourceResource
 from export_pipeline.resources.storage import ExportStorageResource
-from export_pipeline.spec import DatasetSpec
+from export_pipeline.spec import DatasetSpec, Format
 
 SOURCE_POOL = "export_source_db"
 
@@ -59,13 +59,13 @@ def build_export_asset(
             f"exported {result.rows} rows ({result.stored.size_bytes} bytes) to "
             f"{result.stored.uri} in {result.duration_seconds:.2f}s"
         )
-        return dg.MaterializeResult(metadata=materialization_metadata(result))
+        return dg.MaterializeResult(metadata=materialization_metadata(result, dataset))
 
     return _export
 
 
-def materialization_metadata(result: ExportResult) -> dict[str, Any]:
-    """What the UI shows for a delivered file."""
+def materialization_metadata(result: ExportResult, dataset: DatasetSpec) -> dict[str, Any]:
+    """What the UI shows for a delivered file, and the contract options it was written with."""
     stored = result.stored
     metadata: dict[str, Any] = {
         "dagster/row_count": dg.MetadataValue.int(result.rows),
@@ -83,7 +83,10 @@ def materialization_metadata(result: ExportResult) -> dict[str, Any]:
         ),
         "duration_seconds": dg.MetadataValue.float(round(result.duration_seconds, 3)),
         "rows_per_second": dg.MetadataValue.float(round(result.rows_per_second, 1)),
+        "unrepresentable": dg.MetadataValue.text(dataset.unrepresentable.value),
     }
+    if dataset.format is Format.CSV:
+        metadata["csv_formula_guard"] = dg.MetadataValue.bool(dataset.csv_formula_guard)
     if result.link is not None:
         metadata["download_url"] = dg.MetadataValue.url(result.link.url)
         metadata["download_url_expires_at"] = dg.MetadataValue.timestamp(result.link.expires_at)

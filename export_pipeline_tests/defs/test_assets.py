@@ -58,6 +58,7 @@ def test_materialization_into_s3_reports_what_was_delivered(
     assert md["size_bytes"] == len(data)
     assert md["dagster/row_count"] > 0
     assert md["format"] == "parquet" and md["compression"] == "zstd"
+    assert "csv_formula_guard" not in md
     assert [c.name for c in md["dagster/column_schema"].columns][:3] == [
         "id",
         "customer_id",
@@ -79,6 +80,7 @@ def test_materialization_into_local_folder(
     assert md["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert md["dagster/row_count"] == 4  # one invoice a week
     assert "download_url" not in md
+    assert md["csv_formula_guard"] is False and md["unrepresentable"] == "fail"
 
 
 def test_failure_is_one_clear_message(demo_spec: ExportSpec, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from export_pipeline.streams import BackgroundConsumer, prefetch
+from export_pipeline.streams import prefetch
 
 
 def test_prefetch_yields_everything_in_order() -> None:
@@ -44,37 +44,3 @@ def test_prefetch_stops_the_producer_when_the_consumer_stops() -> None:
     stream.close()  # joins the producer thread
     assert len(produced) <= 4  # depth + the one in hand + the one consumed
     assert not any(t.name == "prefetch" for t in threading.enumerate())
-
-
-def test_background_consumer_keeps_order_and_drains_on_close() -> None:
-    seen: list[int] = []
-    with BackgroundConsumer(seen.append, depth=2) as consumer:
-        for i in range(1000):
-            consumer.put(i)
-    assert seen == list(range(1000))
-
-
-def test_background_consumer_error_reaches_the_caller() -> None:
-    def consume(item: int) -> None:
-        if item == 3:
-            raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"), BackgroundConsumer(consume, depth=1) as c:
-        for i in range(1000):
-            c.put(i)
-
-
-def test_background_consumer_cancels_on_caller_error() -> None:
-    seen: list[int] = []
-    gate = threading.Event()
-
-    def consume(item: int) -> None:
-        gate.wait()
-        seen.append(item)
-
-    with pytest.raises(RuntimeError, match="caller"), BackgroundConsumer(consume, depth=8) as c:
-        for i in range(5):
-            c.put(i)
-        gate.set()
-        raise RuntimeError("caller")
-    assert not any(t.name == "writer" for t in threading.enumerate())

@@ -178,7 +178,9 @@ _ARRAY_IS_NOT_A_LIST = _Check(
     "Parquet lists cannot hold a multi-dimensional array or a lower bound other than 1",
 )
 _ARRAY_HAS_BOUNDS = _Check(
-    "array_dims({0}) !~ '^(\\[1:[0-9]+\\])+$'",
+    # The cheap test first: the regex runs only for the rare multi-dimensional array.
+    "array_lower({0}, 1) <> 1"
+    " OR (array_ndims({0}) > 1 AND array_dims({0}) !~ '^(\\[1:[0-9]+\\])+$')",
     "JSON arrays cannot hold a lower bound other than 1",
 )
 

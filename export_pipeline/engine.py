@@ -21,7 +21,7 @@ from export_pipeline.extract.arrow import (
     record_batches,
 )
 from export_pipeline.extract.connection import SourceConfig, connect
-from export_pipeline.extract.contract import ContractOptions, contract_query
+from export_pipeline.extract.contract import ContractedQuery, ContractOptions, contract_query
 from export_pipeline.extract.copy import DEFAULT_CHUNK_SIZE, copy_chunks
 from export_pipeline.extract.query import (
     Column,
@@ -148,20 +148,20 @@ def export_query(
     with connect(source) as conn:
         query_text = render(conn, query, params)
         columns = describe(conn, query_text, name)
-        query_text = contract_query(conn, query_text, columns, fmt, name, contract)
+        contracted = contract_query(conn, query_text, columns, fmt, name, contract)
         with store.open_writer(key, headers) as writer:
             if fmt is Format.PARQUET:
                 conn.rollback()  # nothing more on this connection; don't hold a snapshot open
-                rows = _write_parquet(source, query_text, writer, compression, name, tuning)
+                rows = _write_parquet(source, contracted, writer, compression, name, tuning)
             else:
-                rows = _write_text(conn, query_text, writer, fmt, compression, name, tuning)
+                rows = _write_text(conn, contracted.text, writer, fmt, compression, name, tuning)
             stored = writer.commit()
     return Delivery(rows, stored, columns)
 
 
 def _write_parquet(
     source: SourceConfig,
-    query_text: str,
+    query: ContractedQuery,
     writer: ObjectWriter,
     compression: Compression,
     name: str,
@@ -172,9 +172,11 @@ def _write_parquet(
     Memory: about (prefetch depth + 2) batches of `batch_size_hint_bytes`, plus the Parquet
     writer's buffers for one row group.
     """
-    with record_batches(source, query_text, tuning.batch_size_hint_bytes) as reader:
+    with record_batches(source, query.text, tuning.batch_size_hint_bytes) as reader:
         batches = prefetch(read_batches(reader, name), depth=tuning.prefetch_batches)
-        return write_parquet(reader.schema, batches, writer, compression, name)
+        return write_parquet(
+            reader.schema, batches, writer, compression, name, query.numeric_as_text
+        )
 
 
 def _write_text(

@@ -104,6 +104,14 @@ def column_types(conn: psycopg.Connection, columns: list[Column]) -> dict[int, C
         }
 
 
+@dataclass(frozen=True)
+class ContractedQuery:
+    """The query to run, and the numeric columns it sends as text (name -> `numeric(p,s)`)."""
+
+    text: str
+    numeric_as_text: dict[str, str]
+
+
 def contract_query(
     conn: psycopg.Connection,
     query_text: str,
@@ -111,7 +119,7 @@ def contract_query(
     fmt: Format,
     name: str,
     options: ContractOptions | None = None,
-) -> str:
+) -> ContractedQuery:
     """`query_text` with the contract's per-column rewrites for `fmt`; unchanged if none apply.
 
     `columns` is what `describe` returned for `query_text`; `name` names the dataset in errors.
@@ -119,18 +127,38 @@ def contract_query(
     options = options or ContractOptions()
     types = column_types(conn, columns)
     exprs: list[sql.Composable] = []
+    numeric_as_text: dict[str, str] = {}
     changed = False
     for column in columns:
         ref = sql.SQL("_export_contract.{}").format(sql.Identifier(column.name))
-        expr = column_expression(ref, column, types[column.type_oid], fmt, name, options)
+        ctype = types[column.type_oid]
+        if _numeric_as_text(column, ctype, fmt, options):
+            expr: sql.Composable = sql.SQL("{}::text").format(ref)
+            numeric_as_text[column.name] = column.pg_type
+        else:
+            expr = column_expression(ref, column, ctype, fmt, name, options)
         changed = changed or expr is not ref
         exprs.append(sql.SQL("{} AS {}").format(expr, sql.Identifier(column.name)))
     if not changed:
-        return query_text
+        return ContractedQuery(query_text, {})
     rewritten = sql.SQL("SELECT {} FROM ({}) AS _export_contract").format(
         sql.SQL(", ").join(exprs), sql.SQL(query_text)
     )
-    return rewritten.as_string(conn)
+    return ContractedQuery(rewritten.as_string(conn), numeric_as_text)
+
+
+def _numeric_as_text(
+    column: Column, ctype: ColumnType, fmt: Format, options: ContractOptions
+) -> bool:
+    """Parquet numerics travel as text: the driver's binary-numeric-to-text conversion cost a
+    third of the client CPU of a 10M-row export (bench/RESULTS.md); PostgreSQL's numeric_out
+    is cheaper and just as exact. formats/parquet.py turns the text into decimal128."""
+    return (
+        fmt is Format.PARQUET
+        and options.unrepresentable is Unrepresentable.FAIL
+        and ctype.name == "numeric"
+        and column.pg_type.startswith("numeric")
+    )
 
 
 def column_expression(

@@ -20,7 +20,8 @@ group.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 import pyarrow as pa
@@ -42,7 +43,12 @@ _TIMESTAMP_SENTINELS = {
     -9_222_425_352_054_775_809: "infinity",
     -9_222_425_352_054_775_808: "-infinity",
 }
-_NUMERIC_SPECIALS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+# The driver spells numeric specials nan/inf/-inf; PostgreSQL's text output NaN/Infinity.
+_NUMERIC_SPECIALS = {
+    "nan": "NaN", "inf": "Infinity", "-inf": "-Infinity",
+    "NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity",
+}  # fmt: skip
+_NUMERIC_TYPE_RE = re.compile(r"numeric(?:\((\d+)(?:,(\d+))?\))?")
 INTERVAL_TYPE = pa.struct(
     [("months", pa.int32()), ("days", pa.int32()), ("microseconds", pa.int64())]
 )
@@ -75,11 +81,12 @@ def _pg_type(field: pa.Field) -> str:
     return name
 
 
-def _numeric_target(field: pa.Field) -> pa.DataType:
-    typmod = int((field.metadata or {}).get(_PG_TYPMOD, b"-1"))
-    if typmod >= 4:
-        precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
-        if 0 < precision <= 38 and scale <= precision:
+def _numeric_target(pg_type: str) -> pa.DataType:
+    """decimal128(p,s) for numeric(p,s) with p <= 38; text for anything wider or unconstrained."""
+    m = _NUMERIC_TYPE_RE.fullmatch(pg_type)
+    if m and m.group(1):
+        precision, scale = int(m.group(1)), int(m.group(2) or 0)
+        if 0 < precision <= 38 and 0 <= scale <= precision:
             return pa.decimal128(precision, scale)
     return pa.string()
 
@@ -87,8 +94,9 @@ def _numeric_target(field: pa.Field) -> pa.DataType:
 class _Planner:
     """Works out, once per schema, the target type and converter of each column."""
 
-    def __init__(self, dataset: str) -> None:
+    def __init__(self, dataset: str, numeric_as_text: Mapping[str, str]) -> None:
         self.dataset = dataset
+        self.numeric_as_text = numeric_as_text
 
     def fail(self, where: str, pg_type: str, problem: str) -> UnrepresentableValueError:
         return UnrepresentableValueError(
@@ -97,9 +105,11 @@ class _Planner:
 
     def plan(self, field: pa.Field, where: str) -> tuple[pa.DataType, Convert | None]:
         typ, pg_type = field.type, _pg_type(field)
+        if where in self.numeric_as_text and pa.types.is_string(typ):
+            return self._numeric(where, self.numeric_as_text[where])
         if isinstance(typ, pa.BaseExtensionType) and typ.extension_name == "arrow.opaque":
             if pg_type.startswith("numeric"):
-                return self._numeric(field, where, pg_type)
+                return self._numeric(where, pg_type)
             raise self.fail(where, pg_type, "the PostgreSQL driver has no Arrow type for it")
         if pg_type == "money":
             raise self.fail(where, pg_type, "the driver hands over money as bare minor units")
@@ -118,10 +128,8 @@ class _Planner:
             raise self.fail(where, pg_type, _COMPOSITE_PROBLEM)
         return typ, None
 
-    def _numeric(
-        self, field: pa.Field, where: str, pg_type: str
-    ) -> tuple[pa.DataType, Convert | None]:
-        target = _numeric_target(field)
+    def _numeric(self, where: str, pg_type: str) -> tuple[pa.DataType, Convert | None]:
+        target = _numeric_target(pg_type)
 
         def convert(arr: pa.Array) -> pa.Array:
             raw = arr.storage if isinstance(arr, pa.ExtensionArray) else arr
@@ -218,17 +226,29 @@ def _interval_struct(arr: pa.Array) -> pa.Array:
     return pa.StructArray.from_arrays(children, fields=list(INTERVAL_TYPE), mask=mask)
 
 
+def _metadata(field: pa.Field, numeric_as_text: Mapping[str, str] | None) -> dict | None:
+    """The driver's field metadata, naming the source type again for numerics sent as text."""
+    if numeric_as_text and field.name in numeric_as_text:
+        return {_PG_TYPE: b"numeric", b"POSTGRESQL:type_display": numeric_as_text[field.name]}
+    return field.metadata
+
+
 class ParquetBatchWriter:
     """Converts and writes batches; `rows` counts what was written."""
 
     def __init__(
-        self, schema: pa.Schema, sink: BinarySink, compression: Compression, dataset: str
+        self,
+        schema: pa.Schema,
+        sink: BinarySink,
+        compression: Compression,
+        dataset: str,
+        numeric_as_text: Mapping[str, str] | None = None,
     ) -> None:
-        planner = _Planner(dataset)
+        planner = _Planner(dataset, numeric_as_text or {})
         plans = [planner.plan(f, f.name) for f in schema]
         self.schema = pa.schema(
             [
-                pa.field(f.name, target, nullable=True, metadata=f.metadata)
+                pa.field(f.name, target, nullable=True, metadata=_metadata(f, numeric_as_text))
                 for f, (target, _) in zip(schema, plans, strict=True)
             ],
             metadata=schema.metadata,
@@ -268,9 +288,13 @@ def write_parquet(
     sink: BinarySink,
     compression: Compression,
     dataset: str,
+    numeric_as_text: Mapping[str, str] | None = None,
 ) -> int:
-    """Write every batch to `sink`; return the number of rows."""
-    writer = ParquetBatchWriter(schema, sink, compression, dataset)
+    """Write every batch to `sink`; return the number of rows.
+
+    `numeric_as_text` names string columns that hold numeric text (column -> `numeric(p,s)`).
+    """
+    writer = ParquetBatchWriter(schema, sink, compression, dataset, numeric_as_text)
     try:
         for batch in batches:
             writer.write(batch)

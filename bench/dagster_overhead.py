@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import sys
@@ -32,7 +33,6 @@ from export_pipeline.resources.source import PostgresSourceResource
 from export_pipeline.resources.storage import ExportStorageResource
 from export_pipeline.spec import parse_spec
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 SPEC = """
 customers: {table: public.events, key_column: customer_id}
 months: {start: "2025-01"}
@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    logging.disable(logging.WARNING)  # Dagster's per-event DEBUG/INFO lines and moto's access log
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
     )

@@ -144,6 +144,9 @@ def build_cases(dsn: str, rows: int, quick: bool) -> list[Case]:
         engine_case("csv", dsn, "csv", "none"),
         engine_case("csv gzip", dsn, "csv", "gzip"),
         engine_case("jsonl", dsn, "jsonl", "none"),
+        # Not goals, floors: what the server alone needs to render CSV and row_to_json.
+        Case("psql COPY CSV > /dev/null", [psql, dsn, "-c", f"{full} (FORMAT csv, HEADER)"]),
+        Case("psql row_to_json > /dev/null", [psql, dsn, "-c", JSONL_COPY]),
     ]
     if not quick:
         cases += [

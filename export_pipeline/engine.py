@@ -1,7 +1,8 @@
 """Export one customer-month of one dataset: the whole engine behind a materialization.
 
 Pure Python, no Dagster. Rows stream from PostgreSQL to the object writer:
-- Parquet: ADBC record batches -> ParquetWriter -> writer (memory: about two batches);
+- Parquet: ADBC record batches (read ahead on a second thread) -> ParquetWriter -> writer
+  (memory: about three batches of `batch_size_hint_bytes`);
 - CSV / JSON Lines / JSON: COPY chunks -> (JSON array framing) -> (gzip/zstd) -> writer
   (memory: one chunk, plus the S3 writer's in-flight parts).
 The object is published only if every row was written; otherwise nothing is left under its key.

@@ -11,6 +11,7 @@ The object is published only if every row was written; otherwise nothing is left
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import psycopg
@@ -30,6 +31,7 @@ from export_pipeline.extract.query import (
     customers_query,
     dataset_query,
     describe,
+    pg_message,
     render,
 )
 from export_pipeline.formats.compress import make_compressor
@@ -150,14 +152,15 @@ def export_query(
         query_text = render(conn, query, params)
         columns = describe(conn, query_text, name)
         contracted = contract_query(conn, query_text, columns, fmt, name, contract)
-        with store.open_writer(key, headers) as writer:
-            if fmt is Format.PARQUET:
-                conn.rollback()  # nothing more on this connection; don't hold a snapshot open
-                rows = _write_parquet(source, contracted, writer, compression, name, tuning)
-            else:
+        if fmt is not Format.PARQUET:
+            with store.open_writer(key, headers) as writer:
                 rows = _write_text(conn, contracted.text, writer, fmt, compression, name, tuning)
-            stored = writer.commit()
-    return Delivery(rows, stored, columns)
+                return Delivery(rows, writer.commit(), columns)
+    # Parquet reads through ADBC's own connection; the psycopg one is closed by now, so an
+    # export holds one backend on the source, not two.
+    with store.open_writer(key, headers) as writer:
+        rows = _write_parquet(source, contracted, writer, compression, name, tuning)
+        return Delivery(rows, writer.commit(), columns)
 
 
 def _write_parquet(
@@ -173,8 +176,12 @@ def _write_parquet(
     Memory: about (prefetch depth + 2) batches of `batch_size_hint_bytes`, plus the Parquet
     writer's buffers for one row group.
     """
-    with record_batches(source, query.text, tuning.batch_size_hint_bytes) as reader:
-        batches = prefetch(read_batches(reader, name), depth=tuning.prefetch_batches)
+    with (
+        record_batches(source, query.text, tuning.batch_size_hint_bytes) as reader,
+        # closing(): on an error the read-ahead thread is stopped and joined before the
+        # reader's connection closes, never left reading from a closed stream.
+        closing(prefetch(read_batches(reader, name), depth=tuning.prefetch_batches)) as batches,
+    ):
         return write_parquet(
             reader.schema, batches, writer, compression, name, query.numeric_as_text
         )
@@ -198,16 +205,13 @@ def _write_text(
     statement = copy_statement(fmt, sql.SQL(query_text))
     framer = JsonArrayFramer() if fmt is Format.JSON else None
     compressor = make_compressor(compression)
-    with conn.cursor() as cur:
+    with conn.cursor() as cur, closing(copy_chunks(cur, statement, tuning.chunk_size)) as chunks:
         try:
-            for chunk in copy_chunks(cur, statement, tuning.chunk_size):
+            for chunk in chunks:
                 data = framer.feed(chunk) if framer else chunk
                 writer.write(compressor.compress(data) if compressor else data)
         except psycopg.Error as exc:
-            raise QueryError(
-                f"dataset {name!r}: export query failed: "
-                f"{getattr(exc.diag, 'message_primary', None) or exc}"
-            ) from None
+            raise QueryError(f"dataset {name!r}: export query failed: {pg_message(exc)}") from None
         rows = cur.rowcount
     if framer:
         tail = framer.finish()
@@ -222,7 +226,8 @@ def list_customers(source: SourceConfig, customers: CustomersSpec) -> list[str]:
     """Customer keys from the source, as text, sorted."""
     with connect(source) as conn, conn.cursor() as cur:
         try:
-            cur.execute(customers_query(customers))
+            # Empty params: psycopg then reads `%%` in the spec's SQL as a literal `%`.
+            cur.execute(customers_query(customers), {})
         except psycopg.Error as exc:
-            raise QueryError(f"customers query failed: {exc.diag.message_primary or exc}") from None
+            raise QueryError(f"customers query failed: {pg_message(exc)}") from None
         return [row[0] for row in cur.fetchall()]

@@ -7,3 +7,9 @@ through, and messages are written never to contain secrets.
 
 class ExportError(Exception):
     """An export cannot run as configured; the message says what to change."""
+
+
+def first_line(message: str, fallback: str = "no message from the server") -> str:
+    """The first non-empty line of a driver's error text (PostgreSQL's primary message)."""
+    text = message.split("ERROR:", 1)[-1].strip()
+    return text.splitlines()[0].strip() if text else fallback

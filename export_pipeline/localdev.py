@@ -35,10 +35,9 @@ from export_pipeline.demo.seed import is_seeded, seed_demo
 from export_pipeline.engine import list_customers
 from export_pipeline.extract.connection import SourceConfig
 from export_pipeline.partitions import CUSTOMERS_PARTITIONS_NAME
-from export_pipeline.settings import SOURCE_DSN, STORAGE_DIR, spec_path
+from export_pipeline.settings import REPO_ROOT, SOURCE_DSN, STORAGE_DIR, spec_path
 from export_pipeline.spec import load_spec
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_DIR = REPO_ROOT / ".local"
 PGDATA = LOCAL_DIR / "pg" / "data"
 DAGSTER_HOME = LOCAL_DIR / "dagster_home"

@@ -15,7 +15,7 @@ from typing import Any
 import dagster as dg
 
 from export_pipeline.resources.source import PostgresSourceResource
-from export_pipeline.resources.storage import ExportStorageResource
+from export_pipeline.resources.storage import DEFAULT_LOCAL_DIR, ExportStorageResource
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,13 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     storage.update(
         {field: dg.EnvVar.int(var) for field, var in _STORAGE_INT_FIELDS.items() if env.get(var)}
     )
+    # boto3 reads only AWS_DEFAULT_REGION itself; AWS_REGION (what the AWS CLI v2 and most
+    # SDKs use) wins when both are set.
+    region = next((var for var in ("AWS_REGION", "AWS_DEFAULT_REGION") if env.get(var)), None)
+    if region:
+        storage["region_name"] = dg.EnvVar(region)
+    if not env.get(STORAGE_DIR):
+        storage["local_dir"] = str(REPO_ROOT / DEFAULT_LOCAL_DIR)
     return {
         "source": PostgresSourceResource(dsn=dg.EnvVar(SOURCE_DSN)),
         "storage": ExportStorageResource(**storage),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -17,7 +17,7 @@ T = TypeVar("T")
 _POLL_SECONDS = 0.1  # how often a blocked put re-checks whether the other side gave up
 
 
-def prefetch(source: Iterable[T], depth: int = 2) -> Iterator[T]:
+def prefetch(source: Iterable[T], depth: int = 2) -> Generator[T, None, None]:
     """Iterate `source` on a background thread, up to `depth` items ahead of the consumer.
 
     Exceptions from `source` are re-raised in the consumer. If the consumer stops early, the

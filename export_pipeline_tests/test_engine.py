@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,14 @@ from export_pipeline.errors import ExportError
 from export_pipeline.extract.connection import SourceConfig
 from export_pipeline.extract.query import QueryError
 from export_pipeline.partitions import Month, PartitionKeyError
-from export_pipeline.spec import Compression, DatasetSpec, ExportSpec, Format, Relation
+from export_pipeline.spec import (
+    Compression,
+    CustomersSpec,
+    DatasetSpec,
+    ExportSpec,
+    Format,
+    Relation,
+)
 from export_pipeline.storage.local import LocalObjectStore
 from export_pipeline.storage.s3 import S3ObjectStore
 from export_pipeline_tests.helpers import files_under, list_keys, pending_uploads
@@ -192,6 +200,8 @@ def test_failure_mid_stream_leaves_no_object_in_s3(
         export_partition(boom_source, s3_store, dataset, "1", MARCH)
     assert list_keys(s3_client, bucket) == []
     assert pending_uploads(s3_client, bucket) == []
+    # The read-ahead thread was stopped before its connection closed, not left behind.
+    assert not [t for t in threading.enumerate() if t.name in ("prefetch", "s3-part_0")]
 
 
 @pytest.mark.parametrize("fmt", [Format.PARQUET, Format.CSV])
@@ -247,3 +257,28 @@ def test_connection_errors_do_not_leak_the_password(local_store: LocalObjectStor
 
 def test_list_customers(demo_source: SourceConfig, demo_spec: ExportSpec) -> None:
     assert list_customers(demo_source, demo_spec.customers) == ["1", "2", "3", "4", "5"]
+    odd = CustomersSpec("id", sql="SELECT id FROM public.customers WHERE id %% 2 = 1")
+    assert list_customers(demo_source, odd) == ["1", "3", "5"]
+
+
+def test_writer_failure_stops_the_read_ahead_thread(
+    scratch_dsn: str, local_store: LocalObjectStore
+) -> None:
+    """A value the Parquet writer rejects mid-stream, while the reader thread is still busy."""
+    with psycopg.connect(scratch_dsn) as conn:
+        conn.execute(
+            "CREATE TABLE nan_late AS SELECT 1 AS customer_id, i AS n,"
+            " CASE WHEN i = 1500 THEN 'NaN'::numeric ELSE i END::numeric(12,2) AS amount,"
+            " repeat(md5(i::text), 250) AS pad FROM generate_series(1, 4000) AS i"
+        )
+    dataset = DatasetSpec(
+        "nan_late",
+        "customer_id",
+        Format.PARQUET,
+        Compression.ZSTD,
+        sql="SELECT * FROM nan_late ORDER BY n",
+    )
+    with pytest.raises(ExportError, match=r"column 'amount' \(numeric\(12,2\)\): value NaN"):
+        export_partition(SourceConfig(scratch_dsn), local_store, dataset, "1", MARCH)
+    assert not [t for t in threading.enumerate() if t.name == "prefetch"]
+    assert files_under(local_store.root) == []

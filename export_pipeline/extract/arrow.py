@@ -13,6 +13,7 @@ import adbc_driver_manager
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 
+from export_pipeline.errors import first_line
 from export_pipeline.extract.connection import SourceConfig, SourceConnectionError, redact_dsn
 from export_pipeline.extract.query import QueryError
 
@@ -40,8 +41,7 @@ def record_batches(
         try:
             cur.execute(query_text)
         except adbc_driver_manager.Error as exc:
-            message = str(exc).split("ERROR:", 1)[-1].strip().splitlines()[0]
-            raise QueryError(f"export query failed: {message}") from None
+            raise QueryError(f"export query failed: {first_line(str(exc))}") from None
         yield cur.fetch_record_batch()
     finally:
         conn.close()
@@ -55,6 +55,7 @@ def read_batches(reader: pa.RecordBatchReader, dataset: str) -> Iterator[pa.Reco
         except StopIteration:
             return
         except (OSError, adbc_driver_manager.Error) as exc:
-            message = str(exc).split("ERROR:", 1)[-1].strip().splitlines()[0]
-            raise QueryError(f"dataset {dataset!r}: export query failed: {message}") from None
+            raise QueryError(
+                f"dataset {dataset!r}: export query failed: {first_line(str(exc))}"
+            ) from None
         yield batch

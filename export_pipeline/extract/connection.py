@@ -50,7 +50,7 @@ class SourceConfig:
             "-c default_transaction_read_only=on"
             f" -c statement_timeout={int(self.statement_timeout_seconds) * 1000}"
             " -c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres"
-            " -c extra_float_digits=1"
+            " -c extra_float_digits=1 -c client_encoding=UTF8"
         )
         existing = str(params.pop("options", "") or "")
         options = f"{existing} {ours}".strip()

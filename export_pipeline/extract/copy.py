@@ -7,7 +7,7 @@ Memory: one chunk.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import psycopg
 from psycopg import sql
@@ -17,7 +17,7 @@ DEFAULT_CHUNK_SIZE = 1024 * 1024
 
 def copy_chunks(
     cur: psycopg.Cursor, statement: sql.Composed, chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """Yield the COPY output in chunks; afterwards `cur.rowcount` is the number of rows."""
     buffer = bytearray()
     with cur.copy(statement) as copy:

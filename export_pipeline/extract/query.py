@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import ClientCursor, sql
 
-from export_pipeline.errors import ExportError
+from export_pipeline.errors import ExportError, first_line
 from export_pipeline.partitions import Month
 from export_pipeline.spec import CustomersSpec, DatasetSpec, Relation
 
@@ -96,7 +96,7 @@ def describe(conn: psycopg.Connection, query_text: str, dataset: str) -> list[Co
             description = cur.description or []
     except psycopg.Error as exc:
         conn.rollback()
-        raise QueryError(f"dataset {dataset!r}: the query failed: {_pg_message(exc)}") from None
+        raise QueryError(f"dataset {dataset!r}: the query failed: {pg_message(exc)}") from None
     unknown = [c.type_code for c in description if c.type_display.isdigit()]
     names = _type_names(conn, unknown) if unknown else {}
     columns = [
@@ -138,7 +138,8 @@ def check_column_names(columns: list[Column], dataset: str) -> None:
         )
 
 
-def _pg_message(exc: psycopg.Error) -> str:
+def pg_message(exc: psycopg.Error) -> str:
+    """PostgreSQL's primary error message, without the query or context lines."""
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None)
-    return primary or str(exc).splitlines()[0]
+    return primary or first_line(str(exc))

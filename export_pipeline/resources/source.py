@@ -26,7 +26,7 @@ class PostgresSourceResource(dg.ConfigurableResource):
     batch_size_hint_bytes: int = Field(
         default=DEFAULT_BATCH_SIZE_HINT_BYTES,
         description="Arrow batch size asked of the ADBC driver; also the Parquet row-group "
-        "size. Memory grows with it (about twice this per running export).",
+        "size. Memory grows with it (about three batches per running export).",
     )
 
     def source_config(self) -> SourceConfig:

@@ -25,10 +25,13 @@ class ExportStorageResource(dg.ConfigurableResource):
         description="S3-protocol endpoint for MinIO, R2 or a local server "
         "(EXPORT_S3_ENDPOINT_URL); unset for AWS.",
     )
-    region_name: str | None = Field(default=None, description="AWS region (AWS_REGION).")
+    region_name: str | None = Field(
+        default=None, description="AWS region (AWS_REGION, else AWS_DEFAULT_REGION)."
+    )
     local_dir: str = Field(
         default=DEFAULT_LOCAL_DIR,
-        description="Folder used when no bucket is set (EXPORT_STORAGE_DIR).",
+        description="Folder used when no bucket is set (EXPORT_STORAGE_DIR; from the "
+        "environment, the default is .local/storage at the repository root).",
     )
     link_ttl_seconds: int = Field(
         default=MAX_LINK_TTL_SECONDS,
@@ -41,7 +44,8 @@ class ExportStorageResource(dg.ConfigurableResource):
     )
     max_concurrency: int = Field(
         default=4,
-        description="Parts uploaded at once. Buffer memory is part_size_bytes x (this + 1).",
+        description="Parts uploaded at once. Buffer memory is about part_size_bytes x "
+        "(this + 2).",
     )
 
     def object_store(self) -> ObjectStore:

@@ -1,14 +1,19 @@
 """S3 (or any S3-protocol endpoint) as object storage, written with a multipart upload.
 
-Bytes are cut into parts of `part_size` bytes and uploaded by a small thread pool while the
-caller keeps producing, so reading the database never waits on one HTTP request. Memory:
-at most `part_size * (max_concurrency + 1)` bytes of buffered parts. An export smaller than one
-part is sent as a single PUT. The object exists only after `CompleteMultipartUpload` (or the
-PUT) succeeds; on any error the multipart upload is aborted, leaving nothing under the key.
+Bytes are cut into parts and uploaded by a small thread pool while the caller keeps
+producing, so reading the database never waits on one HTTP request. Parts start at
+`part_size` and double every 1,000 parts, so S3's 10,000-part limit is never the reason an
+export fails (16 MiB parts reach 16 GiB by part 1,000 and terabytes by part 10,000).
+Memory: about `part_size * (max_concurrency + 2)` bytes (parts in flight, the one waiting for a
+slot, and the buffer being filled). An export smaller than one part is sent as a single PUT.
+The object exists only after `CompleteMultipartUpload` (or the PUT) succeeds; on any error the
+multipart upload is aborted, leaving nothing under the key. A process killed outright cannot
+abort: a bucket lifecycle rule `AbortIncompleteMultipartUpload` cleans those up (README).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +26,10 @@ from botocore.config import Config
 from export_pipeline.storage.keys import StorageConfigError, normalize_prefix
 from export_pipeline.storage.writer import DownloadLink, ObjectHeaders, ObjectStore, ObjectWriter
 
+logger = logging.getLogger(__name__)
+
 MIN_PART_SIZE = 5 * 1024 * 1024
+PARTS_PER_SIZE_STEP = 1000  # part size doubles after this many parts
 MAX_LINK_TTL_SECONDS = 604800  # SigV4 presigned URLs cannot live longer than 7 days.
 
 
@@ -69,6 +77,11 @@ def make_s3_client(config: S3Config) -> Any:
     )
 
 
+def part_size(base: int, parts_so_far: int) -> int:
+    """The size of the next part: `base`, doubled every PARTS_PER_SIZE_STEP parts."""
+    return base << (parts_so_far // PARTS_PER_SIZE_STEP)
+
+
 class S3ObjectWriter(ObjectWriter):
     def __init__(self, client: Any, config: S3Config, key: str, headers: ObjectHeaders) -> None:
         super().__init__(key)
@@ -80,6 +93,7 @@ class S3ObjectWriter(ObjectWriter):
         self._parts: list[Future[dict[str, Any]]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
+        self._failure: BaseException | None = None
 
     def _object_args(self) -> dict[str, Any]:
         return {
@@ -91,9 +105,9 @@ class S3ObjectWriter(ObjectWriter):
 
     def _write(self, data: bytes | bytearray | memoryview) -> None:
         self._buffer += data
-        size = self._config.part_size
-        while len(self._buffer) >= size:
-            part = bytes(self._buffer[:size])
+        while len(self._buffer) >= (size := part_size(self._config.part_size, len(self._parts))):
+            with memoryview(self._buffer) as view:
+                part = bytes(view[:size])  # one copy, not two
             del self._buffer[:size]
             self._submit(part)
 
@@ -105,13 +119,20 @@ class S3ObjectWriter(ObjectWriter):
             self._pool = ThreadPoolExecutor(
                 self._config.max_concurrency, thread_name_prefix="s3-part"
             )
-        self._raise_failed_parts()
         self._slots.acquire()  # back-pressure: at most max_concurrency parts in flight
+        if self._failure is not None:
+            self._slots.release()
+            raise self._failure
         number = len(self._parts) + 1
         assert self._pool is not None
         future = self._pool.submit(self._upload_part, number, body)
-        future.add_done_callback(lambda _f: self._slots.release())
+        future.add_done_callback(self._part_done)
         self._parts.append(future)
+
+    def _part_done(self, future: Future[dict[str, Any]]) -> None:
+        if not future.cancelled() and future.exception() is not None and self._failure is None:
+            self._failure = future.exception()
+        self._slots.release()
 
     def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
         response = self._client.upload_part(
@@ -122,11 +143,6 @@ class S3ObjectWriter(ObjectWriter):
             Body=body,
         )
         return {"PartNumber": number, "ETag": response["ETag"]}
-
-    def _raise_failed_parts(self) -> None:
-        for future in self._parts:
-            if future.done() and future.exception() is not None:
-                raise future.exception()  # type: ignore[misc]
 
     def _commit(self) -> str:
         if self._upload_id is None:

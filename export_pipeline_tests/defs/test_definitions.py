@@ -66,3 +66,17 @@ def test_settings_use_env_vars_not_values() -> None:
     assert storage.bucket == dg.EnvVar("EXPORT_S3_BUCKET")
     assert storage.link_ttl_seconds == dg.EnvVar.int("EXPORT_LINK_TTL_SECONDS")
     assert storage.endpoint_url is None  # unset variables fall back to defaults
+    assert Path(storage.local_dir).is_absolute()  # anchored at the repo, not the cwd
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "us-east-2"}, "AWS_REGION"),
+        ({"AWS_DEFAULT_REGION": "us-east-2"}, "AWS_DEFAULT_REGION"),
+        ({}, None),
+    ],
+)
+def test_region_comes_from_the_standard_variables(env: dict, expected: str | None) -> None:
+    storage = build_resources(env)["storage"]
+    assert storage.region_name == (dg.EnvVar(expected) if expected else None)

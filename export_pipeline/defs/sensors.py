@@ -2,13 +2,18 @@
 
 import hashlib
 import json
+from collections.abc import Callable
 
 import dagster as dg
 
 from export_pipeline.defs.partitions import customers_partitions_def
 from export_pipeline.engine import list_customers
 from export_pipeline.errors import ExportError
-from export_pipeline.partitions import PartitionKeyError, validate_customer_key
+from export_pipeline.partitions import (
+    CUSTOMERS_PARTITIONS_NAME,
+    PartitionKeyError,
+    validate_customer_key,
+)
 from export_pipeline.resources.source import PostgresSourceResource
 from export_pipeline.settings import spec_path
 from export_pipeline.spec import load_spec
@@ -27,11 +32,7 @@ def customers_sensor(
         customers = list_customers(source.source_config(), spec.customers)
     except ExportError as exc:
         return dg.SensorResult(skip_reason=str(exc))
-    valid, rejected = split_customer_keys(customers)
-    for key, reason in rejected:
-        context.log.warning(f"customer key {key!r} not added as a partition: {reason}")
-    known = set(context.instance.get_dynamic_partitions(customers_partitions_def.name or ""))
-    new = [key for key in valid if key not in known]
+    valid, new = new_customer_keys(context.instance, customers, context.log.warning)
     digest = hashlib.sha256("\n".join(valid).encode()).hexdigest()[:16]
     cursor = json.dumps({"customers": len(valid), "digest": digest})
     if not new:
@@ -41,6 +42,17 @@ def customers_sensor(
         dynamic_partitions_requests=[customers_partitions_def.build_add_request(new)],
         cursor=cursor,
     )
+
+
+def new_customer_keys(
+    instance: dg.DagsterInstance, keys: list[str], warn: Callable[[str], object]
+) -> tuple[list[str], list[str]]:
+    """(every usable key, the ones not yet a partition); unusable keys are reported to `warn`."""
+    valid, rejected = split_customer_keys(keys)
+    for key, reason in rejected:
+        warn(f"customer key {key!r} not added as a partition: {reason}")
+    known = set(instance.get_dynamic_partitions(CUSTOMERS_PARTITIONS_NAME))
+    return valid, [key for key in valid if key not in known]
 
 
 def split_customer_keys(keys: list[str]) -> tuple[list[str], list[tuple[str, str]]]:

@@ -52,6 +52,3 @@ class LocalObjectStore(ObjectStore):
 
     def open_writer(self, key: str, headers: ObjectHeaders) -> ObjectWriter:
         return LocalObjectWriter(key, self.path(key))
-
-    def uri(self, key: str) -> str:
-        return str(self.path(key))

@@ -196,9 +196,6 @@ class S3ObjectStore(ObjectStore):
     def open_writer(self, key: str, headers: ObjectHeaders) -> ObjectWriter:
         return S3ObjectWriter(self.client, self.config, key, headers)
 
-    def uri(self, key: str) -> str:
-        return f"s3://{self.config.bucket}/{key}"
-
     def download_link(self, key: str) -> DownloadLink:
         """A presigned GET (SigV4) valid for `link_ttl_seconds`. Never presigns PUT."""
         ttl = self.config.link_ttl_seconds

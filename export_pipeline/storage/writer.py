@@ -123,9 +123,6 @@ class ObjectStore(ABC):
     @abstractmethod
     def open_writer(self, key: str, headers: ObjectHeaders) -> ObjectWriter: ...
 
-    @abstractmethod
-    def uri(self, key: str) -> str: ...
-
     def download_link(self, key: str) -> DownloadLink | None:
         """A time-limited GET link, where the store has such a thing."""
         return None

@@ -28,9 +28,14 @@ from moto.server import ThreadedMotoServer
 from export_pipeline.defs.assets import build_export_asset
 from export_pipeline.defs.partitions import build_export_partitions_def
 from export_pipeline.engine import export_partition
+from export_pipeline.io_managers.exports import (
+    EXPORTS_IO_MANAGER_KEY,
+    LocalExportIOManager,
+    S3ExportIOManager,
+)
 from export_pipeline.partitions import Month
+from export_pipeline.resources.s3 import ExportS3Resource
 from export_pipeline.resources.source import PostgresSourceResource
-from export_pipeline.resources.storage import ExportStorageResource
 from export_pipeline.spec import parse_spec
 
 SPEC = """
@@ -87,8 +92,8 @@ def main() -> None:
     ensure_small(args.dsn, args.small)
     pdef = build_export_partitions_def(spec.months_start)
     source = PostgresSourceResource(dsn=args.dsn)
-    s3 = ExportStorageResource(bucket=bucket, endpoint_url=endpoint)
-    local = ExportStorageResource(local_dir=tempfile.mkdtemp(prefix="bench-small-"))
+    s3 = S3ExportIOManager(s3=ExportS3Resource(endpoint_url=endpoint), bucket=bucket)
+    local = LocalExportIOManager(base_dir=tempfile.mkdtemp(prefix="bench-small-"))
     out = sys.stdout
 
     with dg.instance_for_test() as instance:
@@ -97,7 +102,7 @@ def main() -> None:
         def engine_one() -> None:
             export_partition(
                 source.source_config(),
-                s3.object_store(),
+                s3.files().store,
                 spec.datasets["events"],
                 "7",
                 Month(2025, 6),
@@ -109,7 +114,7 @@ def main() -> None:
             result = dg.materialize(
                 [events_asset],
                 instance=instance,
-                resources={"source": source, "storage": s3},
+                resources={"source": source, EXPORTS_IO_MANAGER_KEY: s3},
                 partition_key=dg.MultiPartitionKey({"customer": "7", "month": "2025-06-01"}),
             )
             assert result.success
@@ -129,7 +134,7 @@ def main() -> None:
         for key in keys:
             export_partition(
                 source.source_config(),
-                local.object_store(),
+                local.files().store,
                 spec.datasets["small"],
                 key,
                 Month(2025, 6),
@@ -140,7 +145,7 @@ def main() -> None:
             result = dg.materialize(
                 [small_asset],
                 instance=instance,
-                resources={"source": source, "storage": local},
+                resources={"source": source, EXPORTS_IO_MANAGER_KEY: local},
                 partition_key=dg.MultiPartitionKey({"customer": key, "month": "2025-06-01"}),
             )
             assert result.success

@@ -11,8 +11,10 @@ The object is published only if every row was written; otherwise nothing is left
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -59,7 +61,106 @@ class EngineTuning:
 
 
 @dataclass(frozen=True)
+class Written:
+    """What `FileContent.write_to` put into a writer."""
+
+    rows: int
+    columns: list[Column]
+
+
+class FileContent(Protocol):
+    """Something that can write itself into an `ObjectWriter`: an export, later a manifest.
+
+    The object writer (storage) decides where the bytes go; the content decides what they are.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def format(self) -> Format: ...
+
+    @property
+    def compression(self) -> Compression: ...
+
+    @property
+    def extension(self) -> str: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    def write_to(self, writer: ObjectWriter) -> Written: ...
+
+    def facts(self) -> dict[str, str | bool]:
+        """Settings the file was written with, worth recording next to it."""
+        ...
+
+
+@dataclass(frozen=True)
+class ExportStream:
+    """A query's rows in one file format: lazy, nothing is read until `write_to`.
+
+    Holds no connection: `write_to` opens the source connection(s) it needs and closes them
+    before it returns or raises, so an export that is never written holds nothing open.
+    Memory while writing: Parquet about (prefetch depth + 2) batches of
+    `tuning.batch_size_hint_bytes` plus one row group's buffers; text formats one COPY chunk.
+    """
+
+    source: SourceConfig
+    query: sql.Composed
+    params: Mapping[str, Any]
+    name: str
+    format: Format
+    compression: Compression
+    tuning: EngineTuning = field(default_factory=EngineTuning)
+    contract: ContractOptions = field(default_factory=ContractOptions)
+
+    @property
+    def extension(self) -> str:
+        return extension(self.format, self.compression)
+
+    @property
+    def content_type(self) -> str:
+        return content_type(self.format, self.compression)
+
+    def facts(self) -> dict[str, str | bool]:
+        """The type-contract options (docs/types.md) the rows were written under."""
+        facts: dict[str, str | bool] = {"unrepresentable": self.contract.unrepresentable.value}
+        if self.format is Format.CSV:
+            facts["csv_formula_guard"] = self.contract.csv_formula_guard
+        return facts
+
+    def write_to(self, writer: ObjectWriter) -> Written:
+        """Stream every row into `writer` (which the caller commits or aborts)."""
+        with connect(self.source) as conn:
+            query_text = render(conn, self.query, dict(self.params))
+            columns = describe(conn, query_text, self.name)
+            contracted = contract_query(
+                conn, query_text, columns, self.format, self.name, self.contract
+            )
+            if self.format is not Format.PARQUET:
+                rows = _write_text(
+                    conn,
+                    contracted.text,
+                    writer,
+                    self.format,
+                    self.compression,
+                    self.name,
+                    self.tuning,
+                )
+                return Written(rows, columns)
+        # Parquet reads through ADBC's own connection; the psycopg one is closed by now, so an
+        # export holds one backend on the source, not two.
+        rows = _write_parquet(
+            self.source, contracted, writer, self.compression, self.name, self.tuning
+        )
+        return Written(rows, columns)
+
+
+@dataclass(frozen=True)
 class ExportResult:
+    """What was delivered for one customer-month of one dataset (or any other file)."""
+
     dataset: str
     customer: str
     month: Month
@@ -76,9 +177,54 @@ class ExportResult:
         return self.rows / self.duration_seconds if self.duration_seconds > 0 else 0.0
 
 
-def export_key(store: ObjectStore, dataset: DatasetSpec, customer: str, month: Month) -> str:
-    ext = extension(dataset.format, dataset.compression)
-    return object_key(store.prefix, customer, month, dataset.name, ext)
+def partition_stream(
+    source: SourceConfig,
+    dataset: DatasetSpec,
+    customer: str,
+    month: Month,
+    tuning: EngineTuning | None = None,
+) -> ExportStream:
+    """The export of one customer-month of `dataset`, validated but not started."""
+    validate_customer_key(customer)
+    query, params = dataset_query(dataset, customer, month)
+    return ExportStream(
+        source,
+        query,
+        params,
+        name=dataset.name,
+        format=dataset.format,
+        compression=dataset.compression,
+        tuning=tuning or EngineTuning(),
+        contract=ContractOptions.of(dataset),
+    )
+
+
+def partition_key(store: ObjectStore, dataset: str, customer: str, month: Month, ext: str) -> str:
+    return object_key(store.prefix, customer, month, dataset, ext)
+
+
+def publish(
+    content: FileContent, store: ObjectStore, dataset: str, customer: str, month: Month
+) -> ExportResult:
+    """Write `content` as the customer-month's object of `dataset`; return what was delivered.
+
+    The object appears under its key only once complete (see `storage.writer`).
+    """
+    started = time.perf_counter()
+    key = partition_key(store, dataset, customer, month, content.extension)
+    delivery = deliver(content, store, key)
+    return ExportResult(
+        dataset=dataset,
+        customer=customer,
+        month=month,
+        format=content.format,
+        compression=content.compression,
+        rows=delivery.rows,
+        stored=delivery.stored,
+        columns=delivery.columns,
+        duration_seconds=time.perf_counter() - started,
+        link=store.download_link(key),
+    )
 
 
 def export_partition(
@@ -90,35 +236,8 @@ def export_partition(
     tuning: EngineTuning | None = None,
 ) -> ExportResult:
     """Stream the customer's rows for `month` into `store`; return what was delivered."""
-    started = time.perf_counter()
-    validate_customer_key(customer)
-    key = export_key(store, dataset, customer, month)
-    query, params = dataset_query(dataset, customer, month)
-    delivery = export_query(
-        source,
-        store,
-        key,
-        query,
-        params,
-        dataset.format,
-        dataset.compression,
-        name=dataset.name,
-        tuning=tuning,
-        contract=ContractOptions.of(dataset),
-    )
-    link = store.download_link(key)
-    return ExportResult(
-        dataset=dataset.name,
-        customer=customer,
-        month=month,
-        format=dataset.format,
-        compression=dataset.compression,
-        rows=delivery.rows,
-        stored=delivery.stored,
-        columns=delivery.columns,
-        duration_seconds=time.perf_counter() - started,
-        link=link,
-    )
+    stream = partition_stream(source, dataset, customer, month, tuning)
+    return publish(stream, store, dataset.name, customer, month)
 
 
 @dataclass(frozen=True)
@@ -126,6 +245,14 @@ class Delivery:
     rows: int
     stored: StoredObject
     columns: list[Column]
+
+
+def deliver(content: FileContent, store: ObjectStore, key: str) -> Delivery:
+    """Write `content` to the object `key`, published only when complete."""
+    headers = ObjectHeaders(content.content_type, key.rsplit("/")[-1])
+    with store.open_writer(key, headers) as writer:
+        written = content.write_to(writer)
+        return Delivery(written.rows, writer.commit(), written.columns)
 
 
 def export_query(
@@ -141,26 +268,18 @@ def export_query(
     tuning: EngineTuning | None = None,
     contract: ContractOptions | None = None,
 ) -> Delivery:
-    """Stream any query's result into the object `key`, published only when complete.
-
-    `export_partition` is this plus the partition's key and query; the benchmark calls it
-    directly with the full-table query.
-    """
-    tuning = tuning or EngineTuning()
-    headers = ObjectHeaders(content_type(fmt, compression), key.rsplit("/")[-1])
-    with connect(source) as conn:
-        query_text = render(conn, query, params)
-        columns = describe(conn, query_text, name)
-        contracted = contract_query(conn, query_text, columns, fmt, name, contract)
-        if fmt is not Format.PARQUET:
-            with store.open_writer(key, headers) as writer:
-                rows = _write_text(conn, contracted.text, writer, fmt, compression, name, tuning)
-                return Delivery(rows, writer.commit(), columns)
-    # Parquet reads through ADBC's own connection; the psycopg one is closed by now, so an
-    # export holds one backend on the source, not two.
-    with store.open_writer(key, headers) as writer:
-        rows = _write_parquet(source, contracted, writer, compression, name, tuning)
-        return Delivery(rows, writer.commit(), columns)
+    """Stream any query's result into the object `key` (the benchmark's entry point)."""
+    stream = ExportStream(
+        source,
+        query,
+        params,
+        name=name,
+        format=fmt,
+        compression=compression,
+        tuning=tuning or EngineTuning(),
+        contract=contract or ContractOptions(),
+    )
+    return deliver(stream, store, key)
 
 
 def _write_parquet(

@@ -35,7 +35,7 @@ from export_pipeline.demo.seed import is_seeded, seed_demo
 from export_pipeline.engine import list_customers
 from export_pipeline.extract.connection import SourceConfig
 from export_pipeline.partitions import CUSTOMERS_PARTITIONS_NAME
-from export_pipeline.settings import REPO_ROOT, SOURCE_DSN, STORAGE_DIR, spec_path
+from export_pipeline.settings import REPO_ROOT, S3_BUCKET, SOURCE_DSN, STORAGE_DIR, spec_path
 from export_pipeline.spec import load_spec
 
 LOCAL_DIR = REPO_ROOT / ".local"
@@ -113,7 +113,8 @@ def environment(socket_dir: Path) -> dict[str, str]:
         # SQLAlchemy URL; the driver must be named: SQLAlchemy 2.1 defaults to psycopg 3
         "DAGSTER_PG_URL": f"postgresql+psycopg2://{PG_USER}@/{INSTANCE_DB}?host={host}",
         SOURCE_DSN: libpq_uri(socket_dir, SOURCE_DB),
-        STORAGE_DIR: str(LOCAL_STORAGE),
+        # Local files unless the developer chose S3 (storage is one or the other, never both).
+        **({} if os.environ.get(S3_BUCKET) else {STORAGE_DIR: str(LOCAL_STORAGE)}),
     }
 
 

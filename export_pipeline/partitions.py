@@ -61,3 +61,14 @@ class Month:
 
     def __str__(self) -> str:
         return f"{self.year:04d}-{self.month:02d}"
+
+
+def split_partition_key(key: str) -> tuple[str, Month]:
+    """(customer, month) of a `customer|month` key such as `42|2025-03-01`.
+
+    Dagster joins the dimensions of a multi-partition key with `|`, sorted by dimension name.
+    """
+    customer, sep, month = str(key).rpartition("|")
+    if not sep:
+        raise PartitionKeyError(f"expected a customer|month partition key, got {key!r}")
+    return validate_customer_key(customer), Month.parse(month)

@@ -14,8 +14,14 @@ from typing import Any
 
 import dagster as dg
 
+from export_pipeline.io_managers.exports import (
+    EXPORTS_IO_MANAGER_KEY,
+    LocalExportIOManager,
+    S3ExportIOManager,
+)
+from export_pipeline.resources.s3 import ExportS3Resource
 from export_pipeline.resources.source import PostgresSourceResource
-from export_pipeline.resources.storage import DEFAULT_LOCAL_DIR, ExportStorageResource
+from export_pipeline.storage.keys import StorageConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,15 +33,6 @@ S3_ENDPOINT_URL = "EXPORT_S3_ENDPOINT_URL"
 STORAGE_DIR = "EXPORT_STORAGE_DIR"
 LINK_TTL_SECONDS = "EXPORT_LINK_TTL_SECONDS"
 
-# resource field -> environment variable, for the storage resource's optional settings
-_STORAGE_STR_FIELDS = {
-    "bucket": S3_BUCKET,
-    "prefix": S3_PREFIX,
-    "endpoint_url": S3_ENDPOINT_URL,
-    "local_dir": STORAGE_DIR,
-}
-_STORAGE_INT_FIELDS = {"link_ttl_seconds": LINK_TTL_SECONDS}
-
 
 def spec_path(env: Mapping[str, str] | None = None) -> Path:
     """EXPORT_SPEC, or `exports.yaml` at the repository root."""
@@ -45,22 +42,41 @@ def spec_path(env: Mapping[str, str] | None = None) -> Path:
 
 
 def build_resources(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The resources every export needs, wired to environment variables."""
+    """The resources every export needs, wired to environment variables.
+
+    Storage is explicit: EXPORT_S3_BUCKET means S3, EXPORT_STORAGE_DIR a local folder. With
+    neither (or both) this raises, so a deployment that lost its bucket variable fails at load
+    instead of writing to a container's disk and reporting success.
+    """
     env = os.environ if env is None else env
-    storage: dict[str, Any] = {
-        field: dg.EnvVar(var) for field, var in _STORAGE_STR_FIELDS.items() if env.get(var)
+    return {
+        "source": PostgresSourceResource(dsn=dg.EnvVar(SOURCE_DSN)),
+        EXPORTS_IO_MANAGER_KEY: exports_io_manager(env),
     }
-    storage.update(
-        {field: dg.EnvVar.int(var) for field, var in _STORAGE_INT_FIELDS.items() if env.get(var)}
-    )
+
+
+def exports_io_manager(env: Mapping[str, str]) -> S3ExportIOManager | LocalExportIOManager:
+    bucket, local_dir = env.get(S3_BUCKET, "").strip(), env.get(STORAGE_DIR, "").strip()
+    if bucket and local_dir:
+        raise StorageConfigError(
+            f"both {S3_BUCKET} and {STORAGE_DIR} are set: set {S3_BUCKET} for S3 or "
+            f"{STORAGE_DIR} for a local folder, not both"
+        )
+    if not bucket and not local_dir:
+        raise StorageConfigError(
+            f"no export storage configured: set {S3_BUCKET} (S3) or {STORAGE_DIR} (a local folder)"
+        )
+    common: dict[str, Any] = {"prefix": dg.EnvVar(S3_PREFIX)} if env.get(S3_PREFIX) else {}
+    if local_dir:
+        return LocalExportIOManager(base_dir=dg.EnvVar(STORAGE_DIR), **common)
+    s3: dict[str, Any] = {}
+    if env.get(S3_ENDPOINT_URL):
+        s3["endpoint_url"] = dg.EnvVar(S3_ENDPOINT_URL)
     # boto3 reads only AWS_DEFAULT_REGION itself; AWS_REGION (what the AWS CLI v2 and most
     # SDKs use) wins when both are set.
     region = next((var for var in ("AWS_REGION", "AWS_DEFAULT_REGION") if env.get(var)), None)
     if region:
-        storage["region_name"] = dg.EnvVar(region)
-    if not env.get(STORAGE_DIR):
-        storage["local_dir"] = str(REPO_ROOT / DEFAULT_LOCAL_DIR)
-    return {
-        "source": PostgresSourceResource(dsn=dg.EnvVar(SOURCE_DSN)),
-        "storage": ExportStorageResource(**storage),
-    }
+        s3["region_name"] = dg.EnvVar(region)
+    if env.get(LINK_TTL_SECONDS):
+        common["link_ttl_seconds"] = dg.EnvVar.int(LINK_TTL_SECONDS)
+    return S3ExportIOManager(s3=ExportS3Resource(**s3), bucket=dg.EnvVar(S3_BUCKET), **common)

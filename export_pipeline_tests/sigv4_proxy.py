@@ -109,10 +109,15 @@ def _handler(upstream: str, secrets: dict[str, str]) -> type[BaseHTTPRequestHand
             response = conn.getresponse()
             data = response.read()
             self.send_response(response.status)
+            # A HEAD answer has no body but keeps the object's Content-Length.
+            relayed = {"transfer-encoding", "connection"}
+            if self.command != "HEAD":
+                relayed.add("content-length")
             for name, value in response.getheaders():
-                if name.lower() not in {"content-length", "transfer-encoding", "connection"}:
+                if name.lower() not in relayed:
                     self.send_header(name, value)
-            self.send_header("Content-Length", str(len(data)))
+            if self.command != "HEAD":
+                self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import BinaryIO
+
+import pyarrow.fs as pafs
 
 from export_pipeline.storage.keys import normalize_prefix
 from export_pipeline.storage.writer import ObjectHeaders, ObjectStore, ObjectWriter
@@ -52,3 +55,18 @@ class LocalObjectStore(ObjectStore):
 
     def open_writer(self, key: str, headers: ObjectHeaders) -> ObjectWriter:
         return LocalObjectWriter(key, self.path(key))
+
+    def uri(self, key: str) -> str:
+        return str(self.path(key))
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self.path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def open_reader(self, key: str) -> BinaryIO:
+        return open(self.path(key), "rb")
+
+    def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]:
+        return pafs.LocalFileSystem(), str(self.root)

@@ -18,10 +18,13 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO, cast
+from urllib.parse import urlsplit
 
 import boto3
+import pyarrow.fs as pafs
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from export_pipeline.storage.keys import StorageConfigError, normalize_prefix
 from export_pipeline.storage.writer import DownloadLink, ObjectHeaders, ObjectStore, ObjectWriter
@@ -46,34 +49,46 @@ class S3Config:
     def __post_init__(self) -> None:
         if not self.bucket or "/" in self.bucket:
             raise StorageConfigError(f"EXPORT_S3_BUCKET {self.bucket!r} is not a bucket name")
-        if not 1 <= self.link_ttl_seconds <= MAX_LINK_TTL_SECONDS:
-            raise StorageConfigError(
-                f"EXPORT_LINK_TTL_SECONDS must be between 1 and {MAX_LINK_TTL_SECONDS} "
-                f"(7 days, the SigV4 maximum), got {self.link_ttl_seconds}"
-            )
+        check_link_ttl(self.link_ttl_seconds)
         if self.part_size < MIN_PART_SIZE:
             raise StorageConfigError(f"part_size must be at least {MIN_PART_SIZE} bytes")
         if self.max_concurrency < 1:
             raise StorageConfigError("max_concurrency must be at least 1")
 
 
-def make_s3_client(config: S3Config) -> Any:
-    """A boto3 S3 client that signs with SigV4 everywhere.
+def check_link_ttl(ttl_seconds: int) -> int:
+    if not 1 <= ttl_seconds <= MAX_LINK_TTL_SECONDS:
+        raise StorageConfigError(
+            f"EXPORT_LINK_TTL_SECONDS must be between 1 and {MAX_LINK_TTL_SECONDS} "
+            f"(7 days, the SigV4 maximum), got {ttl_seconds}"
+        )
+    return ttl_seconds
 
-    Without `signature_version="s3v4"` boto3 presigns with SigV2 for us-east-1 and custom
-    endpoints. Custom endpoints (MinIO, moto, R2) get path-style addressing.
+
+def client_config(
+    endpoint_url: str | None, max_pool_connections: int = 10, max_attempts: int = 5
+) -> Config:
+    """botocore settings for every S3 client of the project.
+
+    SigV4 everywhere: without `signature_version="s3v4"` boto3 presigns with SigV2 for
+    us-east-1 and custom endpoints. Custom endpoints (MinIO, moto, R2) get path-style
+    addressing. Retries use botocore's `standard` mode (5xx, SlowDown, throttling).
     """
-    botocore_config = Config(
+    return Config(
         signature_version="s3v4",
-        s3={"addressing_style": "path" if config.endpoint_url else "auto"},
-        retries={"max_attempts": 5, "mode": "standard"},
-        max_pool_connections=max(10, config.max_concurrency * 2),
+        s3={"addressing_style": "path" if endpoint_url else "auto"},
+        retries={"max_attempts": max_attempts, "mode": "standard"},
+        max_pool_connections=max_pool_connections,
     )
-    return boto3.session.Session().client(
+
+
+def make_s3_client(config: S3Config, session: boto3.session.Session | None = None) -> Any:
+    """A boto3 S3 client for `config`, from `session` (default: boto3's credential chain)."""
+    return (session or boto3.session.Session()).client(
         "s3",
         endpoint_url=config.endpoint_url or None,
         region_name=config.region_name or None,
-        config=botocore_config,
+        config=client_config(config.endpoint_url, max(10, config.max_concurrency * 2)),
     )
 
 
@@ -172,8 +187,15 @@ class S3ObjectWriter(ObjectWriter):
             self._client.abort_multipart_upload(
                 Bucket=self._config.bucket, Key=self.key, UploadId=self._upload_id
             )
-        except Exception:
-            pass
+        except Exception as exc:  # the error being raised matters more; say this one too
+            logger.warning(
+                "could not abort multipart upload %s of s3://%s/%s (%s); a bucket lifecycle "
+                "rule AbortIncompleteMultipartUpload removes it",
+                self._upload_id,
+                self._config.bucket,
+                self.key,
+                exc,
+            )
 
     def _shutdown(self) -> None:
         if self._pool is not None:
@@ -182,23 +204,73 @@ class S3ObjectWriter(ObjectWriter):
 
 
 class S3ObjectStore(ObjectStore):
-    def __init__(self, config: S3Config, client: Any | None = None) -> None:
+    """Objects in one bucket. The client is built on first use from `session` (credentials,
+    profile) unless one is given."""
+
+    def __init__(
+        self,
+        config: S3Config,
+        client: Any | None = None,
+        session: boto3.session.Session | None = None,
+    ) -> None:
         self.config = config
         self.prefix = normalize_prefix(config.prefix)
         self._client = client
+        self._session = session or boto3.session.Session()
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = make_s3_client(self.config)
+            self._client = make_s3_client(self.config, self._session)
         return self._client
 
     def open_writer(self, key: str, headers: ObjectHeaders) -> ObjectWriter:
         return S3ObjectWriter(self.client, self.config, key, headers)
 
-    def download_link(self, key: str) -> DownloadLink:
-        """A presigned GET (SigV4) valid for `link_ttl_seconds`. Never presigns PUT."""
-        ttl = self.config.link_ttl_seconds
+    def uri(self, key: str) -> str:
+        return f"s3://{self.config.bucket}/{key}"
+
+    def size(self, key: str) -> int | None:
+        try:
+            head = self.client.head_object(Bucket=self.config.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        return int(head["ContentLength"])
+
+    def open_reader(self, key: str) -> BinaryIO:
+        body = self.client.get_object(Bucket=self.config.bucket, Key=key)["Body"]
+        return cast(BinaryIO, body)
+
+    def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """pyarrow's own S3 client, with this store's credentials, region and endpoint.
+
+        Reads ranges on demand (a Parquet footer, then the row groups asked for): nothing is
+        downloaded first.
+        """
+        creds = self._session.get_credentials()
+        frozen = creds.get_frozen_credentials() if creds is not None else None
+        kwargs: dict[str, Any] = {
+            "region": self.config.region_name or self._session.region_name or "us-east-1"
+        }
+        if frozen is not None:
+            kwargs.update(
+                access_key=frozen.access_key,
+                secret_key=frozen.secret_key,
+                session_token=frozen.token,
+            )
+        if self.config.endpoint_url:
+            parsed = urlsplit(self.config.endpoint_url)
+            kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+        return pafs.S3FileSystem(**kwargs), self.config.bucket
+
+    def download_link(self, key: str, ttl_seconds: int | None = None) -> DownloadLink:
+        """A presigned GET (SigV4) valid for `ttl_seconds` (default: the configured TTL).
+
+        Never presigns PUT.
+        """
+        ttl = check_link_ttl(self.config.link_ttl_seconds if ttl_seconds is None else ttl_seconds)
         issued = datetime.now(UTC)
         url = self.client.generate_presigned_url(
             "get_object",

@@ -12,7 +12,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Literal
+from typing import BinaryIO, Literal
+
+import pyarrow.fs as pafs
 
 
 @dataclass(frozen=True)
@@ -116,13 +118,29 @@ class ObjectWriter(ABC):
 
 
 class ObjectStore(ABC):
-    """Somewhere objects can be written and, maybe, linked to."""
+    """Somewhere objects can be written, read back and, maybe, linked to."""
 
     prefix: str
 
     @abstractmethod
     def open_writer(self, key: str, headers: ObjectHeaders) -> ObjectWriter: ...
 
-    def download_link(self, key: str) -> DownloadLink | None:
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """`s3://bucket/key` or the local path: what materializations record."""
+
+    @abstractmethod
+    def size(self, key: str) -> int | None:
+        """The object's size in bytes (a HEAD or a stat, never a download); None if absent."""
+
+    @abstractmethod
+    def open_reader(self, key: str) -> BinaryIO:
+        """The object's bytes as stored, streamed (a compressed file stays compressed)."""
+
+    @abstractmethod
+    def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """A pyarrow filesystem over this store and the path that `key`s are relative to."""
+
+    def download_link(self, key: str, ttl_seconds: int | None = None) -> DownloadLink | None:
         """A time-limited GET link, where the store has such a thing."""
         return None

@@ -10,8 +10,13 @@ import pytest
 
 from export_pipeline.defs.assets import build_export_asset
 from export_pipeline.defs.partitions import build_export_partitions_def
+from export_pipeline.io_managers.exports import (
+    EXPORTS_IO_MANAGER_KEY,
+    LocalExportIOManager,
+    S3ExportIOManager,
+)
+from export_pipeline.resources.s3 import ExportS3Resource
 from export_pipeline.resources.source import PostgresSourceResource
-from export_pipeline.resources.storage import ExportStorageResource
 from export_pipeline.spec import ExportSpec
 from export_pipeline.storage.s3 import MIN_PART_SIZE
 
@@ -21,7 +26,7 @@ KEY = dg.MultiPartitionKey({"customer": "2", "month": "2025-03-01"})
 def _materialize(
     spec: ExportSpec,
     dataset: str,
-    storage: ExportStorageResource,
+    storage: dg.ConfigurableIOManager,
     dsn: str,
     key: dg.MultiPartitionKey = KEY,
 ) -> dict[str, Any]:
@@ -34,7 +39,7 @@ def _materialize(
             [asset],
             partition_key=key,
             instance=instance,
-            resources={"source": PostgresSourceResource(dsn=dsn), "storage": storage},
+            resources={"source": PostgresSourceResource(dsn=dsn), EXPORTS_IO_MANAGER_KEY: storage},
             raise_on_error=False,
         )
         if not result.success:
@@ -47,8 +52,8 @@ def _materialize(
 def test_materialization_into_s3_reports_what_was_delivered(
     demo_spec: ExportSpec, demo_dsn: str, s3_endpoint: str, bucket: str, s3_client: Any
 ) -> None:
-    storage = ExportStorageResource(
-        bucket=bucket, endpoint_url=s3_endpoint, part_size_bytes=MIN_PART_SIZE
+    storage = S3ExportIOManager(
+        s3=ExportS3Resource(endpoint_url=s3_endpoint), bucket=bucket, part_size_bytes=MIN_PART_SIZE
     )
     md = _materialize(demo_spec, "events", storage, demo_dsn)
     body = s3_client.get_object(Bucket=bucket, Key="exports/2/2025-03/events.parquet")["Body"]
@@ -73,7 +78,7 @@ def test_materialization_into_s3_reports_what_was_delivered(
 def test_materialization_into_local_folder(
     demo_spec: ExportSpec, demo_dsn: str, tmp_path: Path
 ) -> None:
-    storage = ExportStorageResource(local_dir=str(tmp_path))
+    storage = LocalExportIOManager(base_dir=str(tmp_path))
     md = _materialize(demo_spec, "invoices", storage, demo_dsn)
     path = Path(md["uri"])
     assert path == tmp_path / "exports/2/2025-03/invoices.csv.gz"
@@ -84,7 +89,7 @@ def test_materialization_into_local_folder(
 
 
 def test_failure_is_one_clear_message(demo_spec: ExportSpec, tmp_path: Path) -> None:
-    storage = ExportStorageResource(local_dir=str(tmp_path))
+    storage = LocalExportIOManager(base_dir=str(tmp_path))
     with pytest.raises(AssertionError, match="cannot connect to the source database") as info:
         _materialize(demo_spec, "events", storage, "postgresql://u:pw-123@127.0.0.1:1/x")
     assert "pw-123" not in str(info.value)

@@ -1,0 +1,1 @@
+"""IO managers: the one place where a file stream becomes an object in storage."""

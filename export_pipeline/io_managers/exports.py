@@ -1,0 +1,182 @@
+"""The export IO managers: a file stream in, an object in storage out; a handle back.
+
+Shaped like dagster-aws's S3 IO manager: a plain worker (`ExportFiles`, no Dagster) does the
+work, and thin `ConfigurableIOManager`s translate Dagster's context into its calls.
+
+- `handle_output` takes the asset's `FileContent` (an `ExportStream` has read nothing yet),
+  builds the object key from the asset key and the customer|month partition, streams it into
+  the store's atomic writer (memory stays flat; nothing is published unless complete) and
+  records the materialization metadata. Source connections live only inside the write, so
+  none is open before it starts or after it ends, whatever fails.
+- `load_input` gives downstream assets a `StoredFile` handle (uri, size, sha256, rows,
+  format, `open()`, `dataset()`, `presign()`), never the data.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from export_pipeline.engine import ExportResult, FileContent, partition_key, publish
+from export_pipeline.errors import ExportError
+from export_pipeline.formats.naming import extension
+from export_pipeline.io_managers.metadata import materialization_metadata, plain_values
+from export_pipeline.partitions import Month, split_partition_key
+from export_pipeline.resources.s3 import ExportS3Resource
+from export_pipeline.spec import Compression, Format
+from export_pipeline.storage.files import StoredFile, StoredFileError
+from export_pipeline.storage.local import LocalObjectStore
+from export_pipeline.storage.s3 import MAX_LINK_TTL_SECONDS, S3Config, S3ObjectStore
+from export_pipeline.storage.writer import ObjectStore
+
+EXPORTS_IO_MANAGER_KEY = "exports_io_manager"
+
+
+class ExportFiles:
+    """Export files in one store, by dataset and customer-month. No Dagster here."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def write(
+        self, content: FileContent, dataset: str, customer: str, month: Month
+    ) -> ExportResult:
+        return publish(content, self.store, dataset, customer, month)
+
+    def handle(
+        self, dataset: str, customer: str, month: Month, recorded: Mapping[str, Any]
+    ) -> StoredFile:
+        """The file a materialization recorded, checked to still be there at that size."""
+        fmt = Format(recorded["format"])
+        compression = Compression(recorded["compression"])
+        key = partition_key(self.store, dataset, customer, month, extension(fmt, compression))
+        uri = self.store.uri(key)
+        if recorded["uri"] != uri:
+            raise StoredFileError(
+                f"{dataset} {customer} {month}: recorded at {recorded['uri']}, but the "
+                f"configured storage holds it at {uri}; was the bucket or prefix changed?"
+            )
+        size = self.store.size(key)
+        if size is None or size != recorded["size_bytes"]:
+            found = "missing" if size is None else f"{size} bytes"
+            raise StoredFileError(
+                f"{uri}: recorded {recorded['size_bytes']} bytes, found {found}; "
+                "re-materialize the partition"
+            )
+        return StoredFile(
+            store=self.store,
+            key=key,
+            uri=uri,
+            size_bytes=size,
+            sha256=recorded["sha256"],
+            row_count=recorded["dagster/row_count"],
+            format=fmt,
+            compression=compression,
+        )
+
+
+class _ExportIOManager(dg.ConfigurableIOManager):
+    prefix: str = Field(
+        default="exports",
+        description="Key prefix: objects are <prefix>/<customer>/<YYYY-MM>/<dataset>.<ext> "
+        "(EXPORT_S3_PREFIX).",
+    )
+    _store: ObjectStore | None = PrivateAttr(default=None)
+
+    @abstractmethod
+    def _make_store(self) -> ObjectStore: ...
+
+    def files(self) -> ExportFiles:
+        """The worker over this manager's store (the store and its client are made once)."""
+        if self._store is None:
+            self._store = self._make_store()
+        return ExportFiles(self._store)
+
+    def handle_output(self, context: dg.OutputContext, obj: FileContent) -> None:
+        if not callable(getattr(obj, "write_to", None)):
+            raise dg.Failure(
+                description=f"{context.asset_key.to_user_string()} returned "
+                f"{type(obj).__name__}; the export IO manager stores file streams "
+                "(export_pipeline.engine.FileContent) only"
+            )
+        dataset = context.asset_key.path[-1]
+        try:
+            customer, month = split_partition_key(context.asset_partition_key)
+            result = self.files().write(obj, dataset, customer, month)
+        except ExportError as exc:
+            raise dg.Failure(description=str(exc)) from exc
+        context.log.info(
+            f"exported {result.rows} rows ({result.stored.size_bytes} bytes) to "
+            f"{result.stored.uri} in {result.duration_seconds:.2f}s"
+        )
+        context.add_output_metadata(materialization_metadata(result, obj.facts()))
+
+    def load_input(self, context: dg.InputContext) -> StoredFile:
+        asset_key = context.asset_key
+        partition = context.asset_partition_key
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
+        ).records
+        event = records[0].asset_materialization if records else None
+        if event is None:
+            raise dg.Failure(
+                description=f"{asset_key.to_user_string()} {partition} has not been "
+                "materialized yet: nothing to load"
+            )
+        try:
+            customer, month = split_partition_key(partition)
+            return self.files().handle(
+                asset_key.path[-1], customer, month, plain_values(event.metadata)
+            )
+        except ExportError as exc:
+            raise dg.Failure(description=str(exc)) from exc
+
+
+class LocalExportIOManager(_ExportIOManager):
+    """Export files in a local folder (development, tests): written under a temporary name,
+    fsynced and renamed into place."""
+
+    base_dir: str = Field(description="Folder the files go to (EXPORT_STORAGE_DIR).")
+
+    def _make_store(self) -> ObjectStore:
+        return LocalObjectStore(self.base_dir, self.prefix)
+
+
+class S3ExportIOManager(_ExportIOManager):
+    """Export files in S3 or any S3-protocol server, written with multipart uploads.
+
+    Buffer memory per running export: about part_size_bytes x (max_concurrency + 2).
+    """
+
+    s3: ExportS3Resource = Field(
+        description="Credentials, region, endpoint and client settings (dagster-aws)."
+    )
+    bucket: str = Field(description="Bucket for the files (EXPORT_S3_BUCKET).")
+    link_ttl_seconds: int = Field(
+        default=MAX_LINK_TTL_SECONDS,
+        description="Lifetime of the presigned download link recorded with each file, "
+        "at most 604800 (7 days) (EXPORT_LINK_TTL_SECONDS).",
+    )
+    part_size_bytes: int = Field(
+        default=16 * 1024 * 1024, description="Multipart upload part size (at least 5 MiB)."
+    )
+    max_concurrency: int = Field(
+        default=4,
+        description="Parts uploaded at once. Buffer memory is about part_size_bytes x (this + 2).",
+    )
+
+    def _make_store(self) -> ObjectStore:
+        config = S3Config(
+            bucket=self.bucket,
+            prefix=self.prefix,
+            endpoint_url=self.s3.endpoint_url,
+            region_name=self.s3.region_name,
+            link_ttl_seconds=self.link_ttl_seconds,
+            part_size=self.part_size_bytes,
+            max_concurrency=self.max_concurrency,
+        )
+        return S3ObjectStore(config, client=self.s3.get_client(), session=self.s3.session())

@@ -14,7 +14,9 @@ from typing import Any
 
 import dagster as dg
 
+from export_pipeline.resources.alerts import AlertWebhookResource
 from export_pipeline.resources.source import PostgresSourceResource
+from export_pipeline.resources.state import ExportStateResource
 from export_pipeline.resources.storage import DEFAULT_LOCAL_DIR, ExportStorageResource
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +28,9 @@ S3_PREFIX = "EXPORT_S3_PREFIX"
 S3_ENDPOINT_URL = "EXPORT_S3_ENDPOINT_URL"
 STORAGE_DIR = "EXPORT_STORAGE_DIR"
 LINK_TTL_SECONDS = "EXPORT_LINK_TTL_SECONDS"
+STATE_DSN = "EXPORT_STATE_DSN"
+ALERT_WEBHOOK_URL = "EXPORT_ALERT_WEBHOOK_URL"
+ALERT_WEBHOOK_SECRET = "EXPORT_ALERT_WEBHOOK_SECRET"
 
 # resource field -> environment variable, for the storage resource's optional settings
 _STORAGE_STR_FIELDS = {
@@ -63,4 +68,17 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {
         "source": PostgresSourceResource(dsn=dg.EnvVar(SOURCE_DSN)),
         "storage": ExportStorageResource(**storage),
+        **state_resources(env),
     }
+
+
+def state_resources(env: Mapping[str, str]) -> dict[str, Any]:
+    """The requests/alerts resources. Always registered, so the sensors load; with
+    EXPORT_STATE_DSN unset their ticks fail with a message naming it (never skip silently)."""
+    state: dict[str, Any] = {"dsn": dg.EnvVar(STATE_DSN)} if env.get(STATE_DSN) else {}
+    alerts: dict[str, Any] = {
+        field: dg.EnvVar(var)
+        for field, var in (("url", ALERT_WEBHOOK_URL), ("secret", ALERT_WEBHOOK_SECRET))
+        if env.get(var)
+    }
+    return {"state": ExportStateResource(**state), "alerts": AlertWebhookResource(**alerts)}

@@ -10,6 +10,7 @@ from export_pipeline.partitions import CUSTOMER_DIMENSION, MONTH_DIMENSION
 
 EXPORTS_PREFIX = "exports"
 PARTITION_TAG = "dagster/partition"
+_WRAPPERS = {"DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError"}
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,10 @@ def failure_message(context: dg.RunFailureSensorContext) -> str:
     for event in context.get_step_failure_events():
         data = event.step_failure_data
         text = data.user_failure_data.description if data.user_failure_data else None
-        if not text and data.error:
-            text = data.error.message.strip()
+        error = data.error
+        while error is not None and error.cause is not None and error.cls_name in _WRAPPERS:
+            error = error.cause  # Dagster's "error occurred while executing op" wrapper
+        if not text and error is not None:
+            text = error.message.strip()
         messages.append(f"{event.step_key}: {text or 'step failed'}")
     return "\n".join(messages) or context.failure_event.message or "run failed"

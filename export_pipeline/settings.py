@@ -19,8 +19,10 @@ from export_pipeline.io_managers.exports import (
     LocalExportIOManager,
     S3ExportIOManager,
 )
+from export_pipeline.resources.alerts import AlertWebhookResource
 from export_pipeline.resources.s3 import ExportS3Resource
 from export_pipeline.resources.source import PostgresSourceResource
+from export_pipeline.resources.state import ExportStateResource
 from export_pipeline.storage.keys import StorageConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +34,9 @@ S3_PREFIX = "EXPORT_S3_PREFIX"
 S3_ENDPOINT_URL = "EXPORT_S3_ENDPOINT_URL"
 STORAGE_DIR = "EXPORT_STORAGE_DIR"
 LINK_TTL_SECONDS = "EXPORT_LINK_TTL_SECONDS"
+STATE_DSN = "EXPORT_STATE_DSN"
+ALERT_WEBHOOK_URL = "EXPORT_ALERT_WEBHOOK_URL"
+ALERT_WEBHOOK_SECRET = "EXPORT_ALERT_WEBHOOK_SECRET"
 
 
 def spec_path(env: Mapping[str, str] | None = None) -> Path:
@@ -52,6 +57,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {
         "source": PostgresSourceResource(dsn=dg.EnvVar(SOURCE_DSN)),
         EXPORTS_IO_MANAGER_KEY: exports_io_manager(env),
+        **state_resources(env),
     }
 
 
@@ -80,3 +86,15 @@ def exports_io_manager(env: Mapping[str, str]) -> S3ExportIOManager | LocalExpor
     if env.get(LINK_TTL_SECONDS):
         common["link_ttl_seconds"] = dg.EnvVar.int(LINK_TTL_SECONDS)
     return S3ExportIOManager(s3=ExportS3Resource(**s3), bucket=dg.EnvVar(S3_BUCKET), **common)
+
+
+def state_resources(env: Mapping[str, str]) -> dict[str, Any]:
+    """The requests/alerts resources. Always registered, so the sensors load; with
+    EXPORT_STATE_DSN unset their ticks fail with a message naming it (never skip silently)."""
+    state: dict[str, Any] = {"dsn": dg.EnvVar(STATE_DSN)} if env.get(STATE_DSN) else {}
+    alerts: dict[str, Any] = {
+        field: dg.EnvVar(var)
+        for field, var in (("url", ALERT_WEBHOOK_URL), ("secret", ALERT_WEBHOOK_SECRET))
+        if env.get(var)
+    }
+    return {"state": ExportStateResource(**state), "alerts": AlertWebhookResource(**alerts)}

@@ -1,0 +1,1 @@
+"""The exporter's own tables (requests, failures) in a writable database: pure, no Dagster."""

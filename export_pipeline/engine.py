@@ -330,7 +330,7 @@ def _write_text(
                 data = framer.feed(chunk) if framer else chunk
                 writer.write(compressor.compress(data) if compressor else data)
         except psycopg.Error as exc:
-            raise QueryError(f"dataset {name!r}: export query failed: {pg_message(exc)}") from None
+            raise QueryError(f"dataset {name!r}: export query failed: {pg_message(exc)}") from exc
         rows = cur.rowcount
     if framer:
         tail = framer.finish()
@@ -348,5 +348,5 @@ def list_customers(source: SourceConfig, customers: CustomersSpec) -> list[str]:
             # Empty params: psycopg then reads `%%` in the spec's SQL as a literal `%`.
             cur.execute(customers_query(customers), {})
         except psycopg.Error as exc:
-            raise QueryError(f"customers query failed: {pg_message(exc)}") from None
+            raise QueryError(f"customers query failed: {pg_message(exc)}") from exc
         return [row[0] for row in cur.fetchall()]

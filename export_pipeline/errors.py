@@ -1,12 +1,20 @@
-"""The one base class for errors a user can fix: bad spec, bad key, bad query, bad settings.
+"""Errors of the export, and whether trying again can help.
 
-The Dagster layer turns these into a `dg.Failure` with the message alone: no traceback to dig
-through, and messages are written never to contain secrets.
+`ExportError` is what a user sees: a message that says what went wrong and never contains a
+secret. `transient` separates what may pass on its own (a dropped connection, a replica
+conflict, S3 5xx or SlowDown) from what never will (a bad spec, a type-contract violation, a
+permission denial, a missing table), so a `RetryPolicy` retries only the first kind.
 """
+
+from __future__ import annotations
 
 
 class ExportError(Exception):
-    """An export cannot run as configured; the message says what to change."""
+    """An export failed; the message says what happened and, if a user must act, what to do."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def first_line(message: str, fallback: str = "no message from the server") -> str:

@@ -12,6 +12,7 @@ import dagster as dg
 from export_pipeline.engine import EngineTuning, ExportStream, partition_stream
 from export_pipeline.errors import ExportError
 from export_pipeline.io_managers.exports import EXPORTS_IO_MANAGER_KEY
+from export_pipeline.io_managers.failures import export_failure
 from export_pipeline.partitions import split_partition_key
 from export_pipeline.resources.source import PostgresSourceResource
 from export_pipeline.spec import DatasetSpec
@@ -36,8 +37,9 @@ def build_export_asset(
         metadata={"format": dataset.format.value, "compression": dataset.compression.value},
     )
     def _export(context: dg.AssetExecutionContext, source: PostgresSourceResource) -> ExportStream:
+        key = context.partition_key
         try:
-            customer, month = split_partition_key(context.partition_key)
+            customer, month = split_partition_key(key)
             return partition_stream(
                 source.source_config(),
                 dataset,
@@ -46,6 +48,6 @@ def build_export_asset(
                 EngineTuning(batch_size_hint_bytes=source.batch_size_hint_bytes),
             )
         except ExportError as exc:
-            raise dg.Failure(description=str(exc)) from exc
+            raise export_failure(f"{context.asset_key.to_user_string()} {key}", exc) from exc
 
     return _export

@@ -14,7 +14,12 @@ import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 
 from export_pipeline.errors import first_line
-from export_pipeline.extract.connection import SourceConfig, SourceConnectionError, redact_dsn
+from export_pipeline.extract.connection import (
+    SourceConfig,
+    SourceConnectionError,
+    connect_failure_is_transient,
+    redact_dsn,
+)
 from export_pipeline.extract.query import QueryError
 
 DEFAULT_BATCH_SIZE_HINT_BYTES = 4 * 1024 * 1024  # 160 MB peak RSS at 10M rows; see bench/RESULTS.md
@@ -29,9 +34,11 @@ def record_batches(
     """A reader over the query's result; the schema is known before the first batch."""
     try:
         conn = adbc.connect(config.conninfo())
-    except adbc_driver_manager.Error:
+    except adbc_driver_manager.Error as exc:
+        # Not chained: the driver's text may echo the connection string.
         raise SourceConnectionError(
-            f"cannot connect to the source database {redact_dsn(config.dsn)} (ADBC)"
+            f"cannot connect to the source database {redact_dsn(config.dsn)} (ADBC)",
+            transient=connect_failure_is_transient(str(exc)),
         ) from None
     try:
         cur = conn.cursor()
@@ -41,7 +48,7 @@ def record_batches(
         try:
             cur.execute(query_text)
         except adbc_driver_manager.Error as exc:
-            raise QueryError(f"export query failed: {first_line(str(exc))}") from None
+            raise QueryError(f"export query failed: {first_line(str(exc))}") from exc
         yield cur.fetch_record_batch()
     finally:
         conn.close()
@@ -57,5 +64,5 @@ def read_batches(reader: pa.RecordBatchReader, dataset: str) -> Iterator[pa.Reco
         except (OSError, adbc_driver_manager.Error) as exc:
             raise QueryError(
                 f"dataset {dataset!r}: export query failed: {first_line(str(exc))}"
-            ) from None
+            ) from exc
         yield batch

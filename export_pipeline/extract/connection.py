@@ -7,6 +7,7 @@ before the first query.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,6 +60,19 @@ class SourceConfig:
         return make_conninfo("", **{**params, "options": options})
 
 
+# Connection failures a retry cannot fix: wrong credentials, names or access rules.
+_PERMANENT_CONNECT = re.compile(
+    r"authentication failed|password|does not exist|no pg_hba\.conf entry|permission denied|"
+    r"not permitted to log in|invalid (?:connection option|sslmode|port)|certificate",
+    re.IGNORECASE,
+)
+
+
+def connect_failure_is_transient(message: str) -> bool:
+    """A refused, reset or timed-out connection may work later; a rejected login will not."""
+    return not _PERMANENT_CONNECT.search(message)
+
+
 def redact_dsn(dsn: str) -> str:
     """The DSN with any password replaced, for messages."""
     try:
@@ -76,7 +90,10 @@ def connect(config: SourceConfig) -> Iterator[psycopg.Connection]:
     try:
         conn = psycopg.connect(config.conninfo(), autocommit=False)
     except psycopg.OperationalError as exc:
-        raise SourceConnectionError(_scrub(str(exc), config.dsn)) from None
+        # Not chained: libpq's text may echo parts of the conninfo; the message is scrubbed.
+        raise SourceConnectionError(
+            _scrub(str(exc), config.dsn), transient=connect_failure_is_transient(str(exc))
+        ) from None
     try:
         yield conn
     finally:

@@ -96,7 +96,7 @@ def describe(conn: psycopg.Connection, query_text: str, dataset: str) -> list[Co
             description = cur.description or []
     except psycopg.Error as exc:
         conn.rollback()
-        raise QueryError(f"dataset {dataset!r}: the query failed: {pg_message(exc)}") from None
+        raise QueryError(f"dataset {dataset!r}: the query failed: {pg_message(exc)}") from exc
     unknown = [c.type_code for c in description if c.type_display.isdigit()]
     names = _type_names(conn, unknown) if unknown else {}
     columns = [

@@ -24,6 +24,7 @@ from pydantic import Field, PrivateAttr
 from export_pipeline.engine import ExportResult, FileContent, partition_key, publish
 from export_pipeline.errors import ExportError
 from export_pipeline.formats.naming import extension
+from export_pipeline.io_managers.failures import export_failure
 from export_pipeline.io_managers.metadata import materialization_metadata, plain_values
 from export_pipeline.partitions import Month, split_partition_key
 from export_pipeline.resources.s3 import ExportS3Resource
@@ -104,11 +105,12 @@ class _ExportIOManager(dg.ConfigurableIOManager):
                 "(export_pipeline.engine.FileContent) only"
             )
         dataset = context.asset_key.path[-1]
+        what = f"{context.asset_key.to_user_string()} {context.asset_partition_key}"
         try:
             customer, month = split_partition_key(context.asset_partition_key)
             result = self.files().write(obj, dataset, customer, month)
-        except ExportError as exc:
-            raise dg.Failure(description=str(exc)) from exc
+        except Exception as exc:
+            raise export_failure(what, exc) from exc
         context.log.info(
             f"exported {result.rows} rows ({result.stored.size_bytes} bytes) to "
             f"{result.stored.uri} in {result.duration_seconds:.2f}s"
@@ -133,7 +135,8 @@ class _ExportIOManager(dg.ConfigurableIOManager):
                 asset_key.path[-1], customer, month, plain_values(event.metadata)
             )
         except ExportError as exc:
-            raise dg.Failure(description=str(exc)) from exc
+            what = f"loading {asset_key.to_user_string()} {partition}"
+            raise export_failure(what, exc) from exc
 
 
 class LocalExportIOManager(_ExportIOManager):

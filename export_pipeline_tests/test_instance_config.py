@@ -9,14 +9,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import dagster as dg
 import pytest
 import yaml
 from dagster._core.instance.config import PoolGranularity
 from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator
-from psycopg.conninfo import conninfo_to_dict
+
+from export_pipeline_tests.helpers import sqlalchemy_url
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_CONFIG = REPO_ROOT / "deploy" / "dagster.yaml"
@@ -34,17 +34,6 @@ ONE_RUN_PER_CUSTOMER_MONTH = {
 START_TIMEOUT_SECONDS = 300
 MAX_RUNTIME_SECONDS = 10_800
 FREE_SLOTS_AFTER_RUN_END_SECONDS = 300
-
-
-def sqlalchemy_url(libpq_dsn: str) -> str:
-    """`postgresql+psycopg2://...` for a libpq DSN (key=value or URI), as dagster.yaml wants."""
-    params = conninfo_to_dict(libpq_dsn)
-    user = quote(str(params.get("user", "postgres")), safe="")
-    password = params.get("password")
-    auth = f"{user}:{quote(str(password), safe='')}" if password else user
-    host = str(params.get("host", "127.0.0.1"))
-    port = params.get("port", 5432)
-    return f"postgresql+psycopg2://{auth}@{host}:{port}/{quote(str(params['dbname']), safe='')}"
 
 
 def instance_home(tmp_path: Path, config: Path) -> Path:

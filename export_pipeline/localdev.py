@@ -49,6 +49,8 @@ LOCAL_DIR = REPO_ROOT / ".local"
 PGDATA = LOCAL_DIR / "pg" / "data"
 DAGSTER_HOME = LOCAL_DIR / "dagster_home"
 LOCAL_STORAGE = LOCAL_DIR / "storage"
+# Postgres-backed instance config (the root dagster.yaml is the storage-less one for `dagster dev`)
+INSTANCE_CONFIG = REPO_ROOT / "deploy" / "dagster.yaml"
 SOURCE_DB = "demo"
 INSTANCE_DB = "dagster"
 STATE_DB = "export_state"  # the exporter's own tables (requests, failures): writable
@@ -76,7 +78,7 @@ def up(rows: int, customers: int) -> dict[str, str]:
         seed_demo(source_dsn, rows=rows, customers=customers, year=DEMO_YEAR)
     LOCAL_STORAGE.mkdir(parents=True, exist_ok=True)
     DAGSTER_HOME.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO_ROOT / "dagster.yaml", DAGSTER_HOME / "dagster.yaml")
+    shutil.copyfile(INSTANCE_CONFIG, DAGSTER_HOME / "dagster.yaml")
     os.environ.update(env)  # dagster.yaml reads DAGSTER_PG_URL from the environment
     register_customers(source_dsn)
     return env

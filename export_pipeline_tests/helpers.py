@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+from psycopg.conninfo import conninfo_to_dict
 
 
 def list_keys(client: Any, bucket: str) -> list[str]:
@@ -16,3 +19,20 @@ def pending_uploads(client: Any, bucket: str) -> list[str]:
 
 def files_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def sqlalchemy_url(libpq_dsn: str) -> str:
+    """`postgresql+psycopg2://...` for a libpq DSN (key=value or URI), as dagster.yaml wants."""
+    params = conninfo_to_dict(libpq_dsn)
+    user = quote(str(params.get("user", "postgres")), safe="")
+    password = params.get("password")
+    auth = f"{user}:{quote(str(password), safe='')}" if password else user
+    host = str(params.get("host", "127.0.0.1"))
+    port = str(params.get("port", 5432))
+    dbname = quote(str(params["dbname"]), safe="")
+    if host.startswith("/"):  # a Unix socket directory (the embedded test server)
+        return (
+            f"postgresql+psycopg2://{auth}@/{dbname}"
+            f"?host={quote(host, safe='/')}&port={quote(port, safe='')}"
+        )
+    return f"postgresql+psycopg2://{auth}@{host}:{port}/{dbname}"

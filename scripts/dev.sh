@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Local development: install, start an embedded PostgreSQL with demo data, run the Dagster UI.
 # Usage: bash scripts/dev.sh [--rows N] [--customers N]    (flags apply to the first seed only)
+# Instance: deploy/dagster.yaml (Postgres storage), copied into .local/dagster_home by localdev.
 # Env: DAGSTER_DEV_HOST (127.0.0.1), DAGSTER_DEV_PORT (3000). Ctrl-C stops Dagster and PostgreSQL;
 # the data stays in .local/ (delete that folder to start from scratch).
 set -euo pipefail

@@ -1,0 +1,119 @@
+"""The instance configs load as they are committed, and carry the limits docs/operations.md states.
+
+deploy/dagster.yaml (production, scripts/dev.sh) runs on a scratch database of the test
+PostgreSQL; the root dagster.yaml (plain `dagster dev` / `dg dev`) on default storage.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.instance.config import PoolGranularity
+from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator
+
+from export_pipeline_tests.helpers import sqlalchemy_url
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEPLOY_CONFIG = REPO_ROOT / "deploy" / "dagster.yaml"
+ROOT_CONFIG = REPO_ROOT / "dagster.yaml"
+SOURCE_POOL = "export_source_db"
+
+# What docs/operations.md promises.
+MAX_CONCURRENT_RUNS = 4
+POOL_DEFAULT_LIMIT = 4
+ONE_RUN_PER_CUSTOMER_MONTH = {
+    "key": "dagster/partition",
+    "value": {"applyLimitPerUniqueValue": True},
+    "limit": 1,
+}
+START_TIMEOUT_SECONDS = 300
+MAX_RUNTIME_SECONDS = 10_800
+FREE_SLOTS_AFTER_RUN_END_SECONDS = 300
+
+
+def instance_home(tmp_path: Path, config: Path) -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(config, home / "dagster.yaml")
+    return home
+
+
+def assert_documented_limits(instance: dg.DagsterInstance) -> None:
+    assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+    concurrency = instance.get_concurrency_config()
+    run_queue = concurrency.run_queue_config
+    assert run_queue is not None
+    assert run_queue.max_concurrent_runs == MAX_CONCURRENT_RUNS
+    assert list(run_queue.tag_concurrency_limits) == [ONE_RUN_PER_CUSTOMER_MONTH]
+    assert concurrency.pool_config.default_pool_limit == POOL_DEFAULT_LIMIT
+    assert concurrency.pool_config.pool_granularity == PoolGranularity.OP
+    assert instance.global_op_concurrency_default_limit == POOL_DEFAULT_LIMIT
+
+    assert instance.run_monitoring_enabled
+    assert instance.run_monitoring_start_timeout_seconds == START_TIMEOUT_SECONDS
+    assert instance.run_monitoring_max_runtime_seconds == MAX_RUNTIME_SECONDS
+    monitoring = instance.get_settings("run_monitoring")
+    assert monitoring["free_slots_after_run_end_seconds"] == FREE_SLOTS_AFTER_RUN_END_SECONDS
+
+
+def assert_pool_enforced(instance: dg.DagsterInstance) -> None:
+    """The storage really hands out only POOL_DEFAULT_LIMIT slots of the source pool."""
+    storage = instance.event_log_storage
+    assert storage.supports_global_concurrency_limits
+    storage.initialize_concurrency_limit_to_default(SOURCE_POOL)
+    assert storage.get_concurrency_info(SOURCE_POOL).slot_count == POOL_DEFAULT_LIMIT
+    claims = [
+        storage.claim_concurrency_slot(SOURCE_POOL, f"run-{i}", "exports__events")
+        for i in range(POOL_DEFAULT_LIMIT + 1)
+    ]
+    assert [claim.is_claimed for claim in claims] == [True] * POOL_DEFAULT_LIMIT + [False]
+
+
+def test_deploy_config_on_postgres(
+    tmp_path: Path, scratch_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = instance_home(tmp_path, DEPLOY_CONFIG)
+    monkeypatch.setenv("DAGSTER_PG_URL", sqlalchemy_url(scratch_dsn))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert_documented_limits(instance)
+        assert_pool_enforced(instance)
+
+
+def test_root_config_needs_no_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DAGSTER_PG_URL", raising=False)
+    home = instance_home(tmp_path, ROOT_CONFIG)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert "Sqlite" in type(instance.run_storage).__name__
+        assert_documented_limits(instance)
+        assert_pool_enforced(instance)
+
+
+def test_root_and_deploy_configs_differ_only_in_storage() -> None:
+    def load(path: Path) -> dict[str, Any]:
+        loaded = yaml.safe_load(path.read_text())
+        assert isinstance(loaded, dict)
+        return loaded
+
+    deploy, root = load(DEPLOY_CONFIG), load(ROOT_CONFIG)
+    assert "storage" not in root
+    assert deploy.pop("storage") == {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}
+    assert root == deploy
+
+
+def test_export_assets_use_the_limited_pool() -> None:
+    from export_pipeline.definitions import defs
+
+    definitions = defs()
+    assets = [
+        a for a in definitions.resolve_asset_graph().assets_defs if a.key.path[0] == "exports"
+    ]
+    assert assets
+    for asset in assets:
+        assert set(asset.node_def.pools) == {SOURCE_POOL}, asset.key

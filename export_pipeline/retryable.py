@@ -98,4 +98,5 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         yield current
-        current = current.__cause__ or current.__context__
+        suppressed = current.__suppress_context__  # `raise ... from None` ends the chain
+        current = current.__cause__ or (None if suppressed else current.__context__)

@@ -14,7 +14,7 @@ from export_pipeline.spec import ExportSpec, load_spec
 from export_pipeline.storage.local import LocalObjectStore
 from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore, make_s3_client
 from export_pipeline_tests.services import postgres_server, s3_server, scratch_database
-from export_pipeline_tests.sigv4_proxy import sigv4_proxy
+from export_pipeline_tests.sigv4_proxy import Faults, sigv4_proxy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_ROWS = 20_000
@@ -71,10 +71,24 @@ def demo_spec() -> ExportSpec:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
+def moto_url() -> Iterator[str]:
+    with s3_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(moto_url: str) -> Iterator[str]:
     """moto's S3 server behind a proxy that rejects requests without a valid SigV4 signature."""
-    with s3_server() as url, sigv4_proxy(url, {AWS_TEST_KEY_ID: AWS_TEST_SECRET}) as checked:
+    with sigv4_proxy(moto_url, {AWS_TEST_KEY_ID: AWS_TEST_SECRET}) as checked:
         yield checked
+
+
+@pytest.fixture
+def s3_faults(moto_url: str) -> Iterator[tuple[str, Faults]]:
+    """A second SigV4-checking endpoint over the same server, whose answers a test can break."""
+    faults = Faults()
+    with sigv4_proxy(moto_url, {AWS_TEST_KEY_ID: AWS_TEST_SECRET}, faults) as url:
+        yield url, faults
 
 
 @pytest.fixture

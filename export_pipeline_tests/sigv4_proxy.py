@@ -26,6 +26,31 @@ class SignatureError(Exception):
     pass
 
 
+class Faults:
+    """Injected S3 failures: the next `count` requests matching a method and a path fragment
+    get an error answer instead of reaching the server. Thread-safe; counts are exact."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rules: list[list] = []  # [method, fragment, remaining, status, code]
+        self.injected = 0
+
+    def fail_next(
+        self, method: str, fragment: str, count: int, status: int = 503, code: str = "SlowDown"
+    ) -> None:
+        with self._lock:
+            self._rules.append([method, fragment, count, status, code])
+
+    def take(self, method: str, target: str) -> tuple[int, str] | None:
+        with self._lock:
+            for rule in self._rules:
+                if rule[0] == method and rule[1] in target and rule[2] > 0:
+                    rule[2] -= 1
+                    self.injected += 1
+                    return rule[3], rule[4]
+        return None
+
+
 def _quote(text: str) -> str:
     return urllib.parse.quote(text, safe="-_.~")
 
@@ -79,7 +104,9 @@ def verify(method: str, target: str, headers: dict[str, str], secrets: dict[str,
         raise SignatureError("signature does not match")
 
 
-def _handler(upstream: str, secrets: dict[str, str]) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    upstream: str, secrets: dict[str, str], faults: Faults | None
+) -> type[BaseHTTPRequestHandler]:
     target = urllib.parse.urlsplit(upstream)
 
     class Handler(BaseHTTPRequestHandler):
@@ -94,15 +121,11 @@ def _handler(upstream: str, secrets: dict[str, str]) -> type[BaseHTTPRequestHand
             try:
                 verify(self.command, self.path, dict(self.headers.items()), secrets)
             except (SignatureError, KeyError, ValueError) as exc:
-                message = (
-                    f"<Error><Code>SignatureDoesNotMatch</Code><Message>{exc}</Message></Error>"
-                )
-                data = message.encode()
-                self.send_response(403)
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self._error(403, "SignatureDoesNotMatch", str(exc))
+                return
+            fault = faults.take(self.command, self.path) if faults else None
+            if fault is not None:
+                self._error(fault[0], fault[1], "injected by the test")
                 return
             conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
             conn.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
@@ -123,15 +146,27 @@ def _handler(upstream: str, secrets: dict[str, str]) -> type[BaseHTTPRequestHand
                 self.wfile.write(data)
             conn.close()
 
+        def _error(self, status: int, code: str, message: str) -> None:
+            data = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
 
     return Handler
 
 
 @contextmanager
-def sigv4_proxy(upstream: str, secrets: dict[str, str]) -> Iterator[str]:
-    """An endpoint URL that verifies signatures, then forwards to `upstream`."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(upstream, secrets))
+def sigv4_proxy(
+    upstream: str, secrets: dict[str, str], faults: Faults | None = None
+) -> Iterator[str]:
+    """An endpoint URL that verifies signatures, then forwards to `upstream` (or answers with
+    an error that `faults` injects)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(upstream, secrets, faults))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -19,9 +19,18 @@ from export_pipeline.spec import DatasetSpec
 
 SOURCE_POOL = "export_source_db"
 
+# Transient failures (see export_pipeline.retryable) are retried after about 30 s, 60 s and
+# 120 s (+-50% jitter, so a fleet of failed runs does not come back at once); permanent ones
+# raise dg.Failure(allow_retries=False) and are never retried.
+EXPORT_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
 
 def build_export_asset(
-    dataset: DatasetSpec, partitions_def: dg.PartitionsDefinition
+    dataset: DatasetSpec,
+    partitions_def: dg.PartitionsDefinition,
+    retry_policy: dg.RetryPolicy = EXPORT_RETRY_POLICY,
 ) -> dg.AssetsDefinition:
     source_desc = str(dataset.table) if dataset.table else "SQL query"
 
@@ -32,6 +41,7 @@ def build_export_asset(
         kinds={"postgres", dataset.format.value},
         pool=SOURCE_POOL,
         io_manager_key=EXPORTS_IO_MANAGER_KEY,
+        retry_policy=retry_policy,
         description=f"Monthly {dataset.format.value} export of `{dataset.name}` "
         f"({source_desc}) per customer.",
         metadata={"format": dataset.format.value, "compression": dataset.compression.value},

@@ -30,11 +30,15 @@ class SourceConfig:
 
     dsn: libpq URI or key=value string. It may hold a password: never log or repr it.
     statement_timeout_seconds: server-side limit for each statement (0 disables).
+    idle_in_transaction_timeout_seconds: the server ends a session that sits idle inside a
+        transaction this long (a stalled or half-dead client), so it cannot hold a snapshot
+        that blocks vacuum, or replication on a replica (0 disables).
     """
 
     dsn: str
     statement_timeout_seconds: int = 3600
     connect_timeout_seconds: int = 10
+    idle_in_transaction_timeout_seconds: int = 300
 
     def __repr__(self) -> str:
         return f"SourceConfig(dsn={redact_dsn(self.dsn)!r}, ...)"
@@ -50,6 +54,8 @@ class SourceConfig:
         ours = (
             "-c default_transaction_read_only=on"
             f" -c statement_timeout={int(self.statement_timeout_seconds) * 1000}"
+            " -c idle_in_transaction_session_timeout="
+            f"{int(self.idle_in_transaction_timeout_seconds) * 1000}"
             " -c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres"
             " -c extra_float_digits=1 -c client_encoding=UTF8"
         )

@@ -26,6 +26,11 @@ class PostgresSourceResource(dg.ConfigurableResource):
     statement_timeout_seconds: int = Field(
         default=3600, description="Server-side timeout for each export statement (0: none)."
     )
+    idle_in_transaction_timeout_seconds: int = Field(
+        default=300,
+        description="The server ends a source session idle inside a transaction this long, so "
+        "a stalled client cannot hold a snapshot open (0: none).",
+    )
     batch_size_hint_bytes: int = Field(
         default=DEFAULT_BATCH_SIZE_HINT_BYTES,
         description="Arrow batch size asked of the ADBC driver; also the Parquet row-group "
@@ -38,4 +43,8 @@ class PostgresSourceResource(dg.ConfigurableResource):
             yield name, (redact_dsn(value) if name == "dsn" and isinstance(value, str) else value)
 
     def source_config(self) -> SourceConfig:
-        return SourceConfig(self.dsn, statement_timeout_seconds=self.statement_timeout_seconds)
+        return SourceConfig(
+            self.dsn,
+            statement_timeout_seconds=self.statement_timeout_seconds,
+            idle_in_transaction_timeout_seconds=self.idle_in_transaction_timeout_seconds,
+        )

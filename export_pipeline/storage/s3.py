@@ -77,7 +77,8 @@ def client_config(
     return Config(
         signature_version="s3v4",
         s3={"addressing_style": "path" if endpoint_url else "auto"},
-        retries={"max_attempts": max_attempts, "mode": "standard"},
+        # total_max_attempts counts the first try, as dagster-aws's `max_attempts` does
+        retries={"total_max_attempts": max_attempts, "mode": "standard"},
         max_pool_connections=max_pool_connections,
     )
 

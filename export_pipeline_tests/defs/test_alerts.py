@@ -182,7 +182,8 @@ def test_settings_wire_state_and_alerts_as_env_vars(monkeypatch: pytest.MonkeyPa
     resources = build_resources(env)
     assert resources["state"].dsn == dg.EnvVar("EXPORT_STATE_DSN")
     assert resources["alerts"].secret == dg.EnvVar("EXPORT_ALERT_WEBHOOK_SECRET")
-    assert build_resources({"EXPORT_STORAGE_DIR": "/x"})["state"].dsn is None  # sensors then fail, naming the variable
+    # without the variable the sensors fail, naming it
+    assert build_resources({"EXPORT_STORAGE_DIR": "/x"})["state"].dsn is None
     assert "topsecret" not in repr(ExportStateResource(dsn=env["EXPORT_STATE_DSN"]))
     monkeypatch.setenv("EXPORT_SPEC", str(Path(__file__).resolve().parents[2] / "exports.yaml"))
     monkeypatch.setenv("EXPORT_STORAGE_DIR", "/tmp/exports")

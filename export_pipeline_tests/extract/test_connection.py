@@ -1,0 +1,37 @@
+"""Source sessions: read-only, bounded in time, in UTC, over both drivers."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from export_pipeline.extract.arrow import record_batches
+from export_pipeline.extract.connection import SourceConfig, connect
+
+SETTINGS = (
+    "default_transaction_read_only",
+    "statement_timeout",
+    "idle_in_transaction_session_timeout",
+    "TimeZone",
+)
+
+
+def test_psycopg_session_settings(demo_dsn: str) -> None:
+    config = SourceConfig(
+        demo_dsn, statement_timeout_seconds=90, idle_in_transaction_timeout_seconds=45
+    )
+    with connect(config) as conn:
+        shown = [conn.execute(f"SHOW {name}").fetchone()[0] for name in SETTINGS]  # type: ignore[index]
+        assert shown == ["on", "90s", "45s", "UTC"]
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("CREATE TABLE nope (i int)")
+
+
+def test_adbc_session_gets_the_same_settings(demo_dsn: str) -> None:
+    config = SourceConfig(demo_dsn, idle_in_transaction_timeout_seconds=45)
+    query = (
+        "SELECT current_setting('idle_in_transaction_session_timeout') AS idle, "
+        "current_setting('default_transaction_read_only') AS ro"
+    )
+    with record_batches(config, query) as reader:
+        assert reader.read_all().to_pylist() == [{"idle": "45s", "ro": "on"}]

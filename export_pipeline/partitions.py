@@ -72,3 +72,26 @@ def split_partition_key(key: str) -> tuple[str, Month]:
     if not sep:
         raise PartitionKeyError(f"expected a customer|month partition key, got {key!r}")
     return validate_customer_key(customer), Month.parse(month)
+
+
+def month_of(day: date) -> Month:
+    return Month(day.year, day.month)
+
+
+def previous_month(day: date) -> Month:
+    """The last complete month before `day`'s month: what the 1st's schedule exports."""
+    return Month(day.year - 1, 12) if day.month == 1 else Month(day.year, day.month - 1)
+
+
+def months_between(first: Month, last: Month) -> list[Month]:
+    """Every month from `first` to `last`, both included ([] when last < first)."""
+    months: list[Month] = []
+    current = first
+    while current <= last:
+        months.append(current)
+        current = (
+            Month(current.year + 1, 1)
+            if current.month == 12
+            else Month(current.year, current.month + 1)
+        )
+    return months

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dagster as dg
 
+from export_pipeline.errors import ExportError
 from export_pipeline.io_managers.exports import (
     EXPORTS_IO_MANAGER_KEY,
     LocalExportIOManager,
@@ -34,6 +37,8 @@ S3_PREFIX = "EXPORT_S3_PREFIX"
 S3_ENDPOINT_URL = "EXPORT_S3_ENDPOINT_URL"
 STORAGE_DIR = "EXPORT_STORAGE_DIR"
 LINK_TTL_SECONDS = "EXPORT_LINK_TTL_SECONDS"
+SCHEDULE_HOUR = "EXPORT_SCHEDULE_HOUR"
+SCHEDULE_TIMEZONE = "EXPORT_SCHEDULE_TIMEZONE"
 STATE_DSN = "EXPORT_STATE_DSN"
 ALERT_WEBHOOK_URL = "EXPORT_ALERT_WEBHOOK_URL"
 ALERT_WEBHOOK_SECRET = "EXPORT_ALERT_WEBHOOK_SECRET"
@@ -44,6 +49,34 @@ def spec_path(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     value = env.get(SPEC, "").strip()
     return Path(value).expanduser() if value else REPO_ROOT / "exports.yaml"
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    hour: int = 2
+    timezone: str = "UTC"
+
+
+def schedule_settings(env: Mapping[str, str] | None = None) -> ScheduleSettings:
+    """When the monthly schedule runs on the 1st: EXPORT_SCHEDULE_HOUR (0-23, default 2) in
+    EXPORT_SCHEDULE_TIMEZONE (an IANA name, default UTC). Read when the code loads, since the
+    cron string is part of the definition."""
+    env = os.environ if env is None else env
+    hour_text = env.get(SCHEDULE_HOUR, "").strip() or "2"
+    if not hour_text.isdigit() or not 0 <= int(hour_text) <= 23:
+        raise SettingsError(f"{SCHEDULE_HOUR} must be an hour from 0 to 23, got {hour_text!r}")
+    timezone = env.get(SCHEDULE_TIMEZONE, "").strip() or "UTC"
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(
+            f"{SCHEDULE_TIMEZONE} {timezone!r} is not an IANA time zone (e.g. Europe/Berlin)"
+        ) from None
+    return ScheduleSettings(int(hour_text), timezone)
+
+
+class SettingsError(ExportError, ValueError):
+    """An EXPORT_* variable has a value that cannot be used."""
 
 
 def build_resources(env: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -56,4 +56,8 @@ def test_dg_list_defs(tmp_path: Path, demo_dsn: str) -> None:
         "exports/invoices",
         "exports/orders",
     ]
-    assert [s["name"] for s in listed["sensors"]] == ["customers_sensor"]
+    assert "customers_sensor" in [s["name"] for s in listed["sensors"]]
+    assert listed["schedules"] == [
+        {"name": "monthly_exports_schedule", "cron_schedule": "0 2 1 * *"}
+    ]
+    assert {j["name"] for j in listed["jobs"]} >= {"monthly_exports_job"}

@@ -107,8 +107,11 @@ def test_root_and_deploy_configs_differ_only_in_storage() -> None:
     assert root == deploy
 
 
-def test_export_assets_use_the_limited_pool() -> None:
+def test_export_assets_use_the_limited_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     from export_pipeline.definitions import defs
+
+    monkeypatch.setenv("EXPORT_STORAGE_DIR", "/tmp/exports")
+    monkeypatch.delenv("EXPORT_S3_BUCKET", raising=False)
 
     definitions = defs()
     assets = [
@@ -117,3 +120,5 @@ def test_export_assets_use_the_limited_pool() -> None:
     assert assets
     for asset in assets:
         assert set(asset.node_def.pools) == {SOURCE_POOL}, asset.key
+    monthly = definitions.resolve_job_def("monthly_exports_job")
+    assert {p for node in monthly.nodes for p in node.definition.pools} == {SOURCE_POOL}

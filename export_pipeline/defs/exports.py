@@ -9,8 +9,10 @@ from __future__ import annotations
 import dagster as dg
 
 from export_pipeline.defs.assets import build_export_asset
+from export_pipeline.defs.monthly import build_monthly_exports_job
 from export_pipeline.defs.partitions import build_export_partitions_def
-from export_pipeline.settings import build_resources, spec_path
+from export_pipeline.defs.schedules import build_monthly_schedule
+from export_pipeline.settings import build_resources, schedule_settings, spec_path
 from export_pipeline.spec import load_spec
 
 
@@ -18,7 +20,13 @@ from export_pipeline.spec import load_spec
 def exports() -> dg.Definitions:
     spec = load_spec(spec_path())
     partitions_def = build_export_partitions_def(spec.months_start)
+    when = schedule_settings()
+    monthly_job = build_monthly_exports_job(spec)
     return dg.Definitions(
         assets=[build_export_asset(d, partitions_def) for d in spec.datasets.values()],
+        jobs=[monthly_job],
+        schedules=[
+            build_monthly_schedule(monthly_job, spec.months_start, when.hour, when.timezone)
+        ],
         resources=build_resources(),
     )

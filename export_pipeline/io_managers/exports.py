@@ -80,7 +80,7 @@ class ExportFiles:
         )
 
 
-class _ExportIOManager(dg.ConfigurableIOManager):
+class ExportIOManager(dg.ConfigurableIOManager):
     prefix: str = Field(
         default="exports",
         description="Key prefix: objects are <prefix>/<customer>/<YYYY-MM>/<dataset>.<ext> "
@@ -139,7 +139,7 @@ class _ExportIOManager(dg.ConfigurableIOManager):
             raise export_failure(what, exc) from exc
 
 
-class LocalExportIOManager(_ExportIOManager):
+class LocalExportIOManager(ExportIOManager):
     """Export files in a local folder (development, tests): written under a temporary name,
     fsynced and renamed into place."""
 
@@ -149,7 +149,7 @@ class LocalExportIOManager(_ExportIOManager):
         return LocalObjectStore(self.base_dir, self.prefix)
 
 
-class S3ExportIOManager(_ExportIOManager):
+class S3ExportIOManager(ExportIOManager):
     """Export files in S3 or any S3-protocol server, written with multipart uploads.
 
     Buffer memory per running export: about part_size_bytes x (max_concurrency + 2).

@@ -18,9 +18,10 @@ from export_pipeline.storage.writer import ObjectHeaders, ObjectStore, ObjectWri
 
 
 class LocalObjectWriter(ObjectWriter):
-    def __init__(self, key: str, path: Path) -> None:
+    def __init__(self, key: str, path: Path, root: Path | None = None) -> None:
         super().__init__(key)
         self.path = path
+        self._root = root
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
         self._file = open(self._tmp, "xb")
@@ -38,6 +39,14 @@ class LocalObjectWriter(ObjectWriter):
     def _abort(self) -> None:
         self._file.close()
         self._tmp.unlink(missing_ok=True)
+        # Folders made for this object and left empty go too (never the store's root).
+        folder = self.path.parent
+        while self._root is not None and self._root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: another object lives here
+                break
+            folder = folder.parent
 
 
 class LocalObjectStore(ObjectStore):
@@ -54,7 +63,7 @@ class LocalObjectStore(ObjectStore):
         return path
 
     def open_writer(self, key: str, headers: ObjectHeaders) -> ObjectWriter:
-        return LocalObjectWriter(key, self.path(key))
+        return LocalObjectWriter(key, self.path(key), self.root)
 
     def uri(self, key: str) -> str:
         return str(self.path(key))

@@ -79,6 +79,8 @@ class CustomersSpec:
     key_column: str
     table: Relation | None = None
     sql: str | None = None
+    # New customers get every month since months.start exported (customers_sensor).
+    export_history: bool = False
 
 
 @dataclass(frozen=True)
@@ -220,13 +222,19 @@ def _check_sql(v: _Validator, text: str, key: str, allowed: frozenset[str]) -> s
 
 
 def _customers(v: _Validator, raw: Any) -> CustomersSpec:
-    m = v.mapping(raw, "customers", required={"key_column"}, optional={"table", "sql"})
+    m = v.mapping(
+        raw, "customers", required={"key_column"}, optional={"table", "sql", "export_history"}
+    )
     v.one_of(m, "customers", "table", "sql")
     key_column = v.string(m["key_column"], "customers.key_column")
+    history = m.get("export_history", False)
+    if not isinstance(history, bool):
+        v.fail("customers.export_history", f"must be true or false, got {history!r}")
     if "table" in m:
-        return CustomersSpec(key_column, table=v.relation(m["table"], "customers.table"))
+        relation = v.relation(m["table"], "customers.table")
+        return CustomersSpec(key_column, table=relation, export_history=history)
     sql_text = _check_sql(v, v.string(m["sql"], "customers.sql"), "customers.sql", frozenset())
-    return CustomersSpec(key_column, sql=sql_text)
+    return CustomersSpec(key_column, sql=sql_text, export_history=history)
 
 
 def _dataset(v: _Validator, name: str, raw: Any) -> DatasetSpec:

@@ -116,3 +116,12 @@ def test_literal_percent_is_allowed_when_doubled() -> None:
     )
     spec = parse_spec(text)
     assert "'a%%'" in (spec.datasets["invoices"].sql or "")
+
+
+def test_export_history_is_an_opt_in_boolean() -> None:
+    assert parse_spec(VALID).customers.export_history is False
+    on = VALID.replace("  key_column: id\n", "  key_column: id\n  export_history: true\n", 1)
+    assert parse_spec(on).customers.export_history is True
+    bad = VALID.replace("  key_column: id\n", "  key_column: id\n  export_history: yes-please\n", 1)
+    with pytest.raises(SpecError, match="customers.export_history: must be true or false"):
+        parse_spec(bad, "exports.yaml")

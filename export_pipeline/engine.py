@@ -14,6 +14,8 @@ import time
 from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from datetime import time as time_of_day
 from typing import Any, Protocol
 
 import psycopg
@@ -36,6 +38,7 @@ from export_pipeline.extract.query import (
     pg_message,
     render,
 )
+from export_pipeline.extract.replica import check_replica_caught_up
 from export_pipeline.formats.compress import make_compressor
 from export_pipeline.formats.naming import content_type, extension
 from export_pipeline.formats.parquet import write_parquet
@@ -114,6 +117,8 @@ class ExportStream:
     compression: Compression
     tuning: EngineTuning = field(default_factory=EngineTuning)
     contract: ContractOptions = field(default_factory=ContractOptions)
+    # A read replica must have replayed past this instant first (a partition's month end).
+    replayed_past: datetime | None = None
 
     @property
     def extension(self) -> str:
@@ -133,6 +138,8 @@ class ExportStream:
     def write_to(self, writer: ObjectWriter) -> Written:
         """Stream every row into `writer` (which the caller commits or aborts)."""
         with connect(self.source) as conn:
+            if self.replayed_past is not None:
+                check_replica_caught_up(conn, self.replayed_past, self.name)
             query_text = render(conn, self.query, dict(self.params))
             columns = describe(conn, query_text, self.name)
             contracted = contract_query(
@@ -196,6 +203,7 @@ def partition_stream(
         compression=dataset.compression,
         tuning=tuning or EngineTuning(),
         contract=ContractOptions.of(dataset),
+        replayed_past=datetime.combine(month.end, time_of_day.min, UTC),
     )
 
 

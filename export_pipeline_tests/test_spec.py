@@ -123,5 +123,5 @@ def test_export_history_is_an_opt_in_boolean() -> None:
     on = VALID.replace("  key_column: id\n", "  key_column: id\n  export_history: true\n", 1)
     assert parse_spec(on).customers.export_history is True
     bad = VALID.replace("  key_column: id\n", "  key_column: id\n  export_history: yes-please\n", 1)
-    with pytest.raises(SpecError, match="customers.export_history: must be true or false"):
+    with pytest.raises(SpecError, match=r"customers\.export_history: must be true or false"):
         parse_spec(bad, "exports.yaml")

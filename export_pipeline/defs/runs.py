@@ -23,9 +23,12 @@ class RunPartition:
 def run_partition(run: dg.DagsterRun) -> RunPartition:
     """From the run's tags; all None for a run without a partition (ad-hoc, unpartitioned)."""
     tags = run.tags
+    key = tags.get(PARTITION_TAG)
     customer = tags.get(f"{PARTITION_TAG}/{CUSTOMER_DIMENSION}")
     month = tags.get(f"{PARTITION_TAG}/{MONTH_DIMENSION}")
-    return RunPartition(tags.get(PARTITION_TAG), customer, month[:7] if month else None)
+    if month is None and key is not None and "|" not in key:
+        month = key  # monthly_exports_job: partitioned by month alone, many customers
+    return RunPartition(key, customer, month[:7] if month else None)
 
 
 def run_datasets(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:

@@ -193,3 +193,25 @@ def test_settings_wire_state_and_alerts_as_env_vars(monkeypatch: pytest.MonkeyPa
     repo = defs().get_repository_def()
     assert repo.get_sensor_def("export_requests_sensor").job_name == "exports_job"
     assert repo.get_sensor_def("export_failure_sensor") is not None
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        (
+            {
+                "dagster/partition": "3|2025-03-01",
+                "dagster/partition/customer": "3",
+                "dagster/partition/month": "2025-03-01",
+            },
+            ("3|2025-03-01", "3", "2025-03"),
+        ),
+        ({"dagster/partition": "2025-03-01"}, ("2025-03-01", None, "2025-03")),  # monthly job
+        ({}, (None, None, None)),
+    ],
+)
+def test_run_partition_from_tags(tags: dict[str, str], expected: tuple) -> None:
+    from export_pipeline.defs.runs import run_partition
+
+    found = run_partition(dg.DagsterRun(job_name="any", tags=tags))
+    assert (found.partition_key, found.customer, found.month) == expected

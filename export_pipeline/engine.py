@@ -6,6 +6,11 @@ Pure Python, no Dagster. Rows stream from PostgreSQL to the object writer:
 - CSV / JSON Lines / JSON: COPY chunks -> (JSON array framing) -> (gzip/zstd) -> writer
   (memory: one chunk, plus the S3 writer's in-flight parts).
 The object is published only if every row was written; otherwise nothing is left under its key.
+
+Two steps, so that Dagster's IO manager can sit between them: `partition_stream` describes an
+export (`ExportStream`: query, format, compression, contract; nothing opened or read), and
+`publish` writes any `FileContent` under its partition's key and reports what was delivered.
+`export_partition` is both in one call.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import pytest
 
 from export_pipeline.defs.assets import build_export_asset
 from export_pipeline.defs.partitions import build_export_partitions_def
+from export_pipeline.engine import ExportStream
 from export_pipeline.io_managers.exports import (
     EXPORTS_IO_MANAGER_KEY,
     LocalExportIOManager,
@@ -167,3 +168,20 @@ def test_nothing_is_left_in_the_bucket_when_the_write_fails(
         _run_with_downstream(spec, "broken", _s3_manager(s3_endpoint, bucket), demo_dsn)
     assert list_keys(s3_client, bucket) == []
     assert pending_uploads(s3_client, bucket) == []
+
+
+def test_the_asset_returns_a_stream_that_holds_no_connection(
+    demo_spec: ExportSpec, demo_dsn: str, pg_server: str
+) -> None:
+    """What Dagster holds between the compute function and handle_output opens nothing."""
+    app = f"lazy-{uuid.uuid4().hex[:8]}"
+    dsn = psycopg.conninfo.make_conninfo(demo_dsn, application_name=app)
+    asset = build_export_asset(
+        demo_spec.datasets["events"], build_export_partitions_def(demo_spec.months_start)
+    )
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("customers", ["4"])
+        context = dg.build_asset_context(partition_key=KEY, instance=instance)
+        stream = asset(context, source=PostgresSourceResource(dsn=dsn))
+    assert isinstance(stream, ExportStream) and stream.extension == ".parquet"
+    assert _backends(pg_server, app) == 0

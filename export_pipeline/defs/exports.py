@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from export_pipeline.defs.assets import build_export_asset
+from export_pipeline.defs.checks import build_export_checks
 from export_pipeline.defs.partitions import build_export_partitions_def
 from export_pipeline.settings import build_resources, spec_path
 from export_pipeline.spec import load_spec
@@ -20,5 +21,6 @@ def exports() -> dg.Definitions:
     partitions_def = build_export_partitions_def(spec.months_start)
     return dg.Definitions(
         assets=[build_export_asset(d, partitions_def) for d in spec.datasets.values()],
+        asset_checks=[build_export_checks(d, partitions_def) for d in spec.datasets.values()],
         resources=build_resources(),
     )

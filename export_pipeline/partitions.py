@@ -59,6 +59,12 @@ class Month:
             return date(self.year + 1, 1, 1)
         return date(self.year, self.month + 1, 1)
 
+    def previous(self) -> Month:
+        return Month(self.year - 1, 12) if self.month == 1 else Month(self.year, self.month - 1)
+
+    def next(self) -> Month:
+        return Month(self.year + 1, 1) if self.month == 12 else Month(self.year, self.month + 1)
+
     def __str__(self) -> str:
         return f"{self.year:04d}-{self.month:02d}"
 
@@ -80,7 +86,7 @@ def month_of(day: date) -> Month:
 
 def previous_month(day: date) -> Month:
     """The last complete month before `day`'s month: what the 1st's schedule exports."""
-    return Month(day.year - 1, 12) if day.month == 1 else Month(day.year, day.month - 1)
+    return month_of(day).previous()
 
 
 def months_between(first: Month, last: Month) -> list[Month]:
@@ -89,9 +95,5 @@ def months_between(first: Month, last: Month) -> list[Month]:
     current = first
     while current <= last:
         months.append(current)
-        current = (
-            Month(current.year + 1, 1)
-            if current.month == 12
-            else Month(current.year, current.month + 1)
-        )
+        current = current.next()
     return months

@@ -115,10 +115,13 @@ def test_export_assets_use_the_limited_pool(monkeypatch: pytest.MonkeyPatch) -> 
 
     definitions = defs()
     assets = [
-        a for a in definitions.resolve_asset_graph().assets_defs if a.key.path[0] == "exports"
+        a
+        for a in definitions.resolve_asset_graph().assets_defs
+        if len(a.keys) == 1 and a.key.path[0] == "exports"
     ]
     assert assets
     for asset in assets:
         assert set(asset.node_def.pools) == {SOURCE_POOL}, asset.key
-    monthly = definitions.resolve_job_def("monthly_exports_job")
+    with dg.instance_for_test():  # resolving a job reads the current instance
+        monthly = definitions.resolve_job_def("monthly_exports_job")
     assert {p for node in monthly.nodes for p in node.definition.pools} == {SOURCE_POOL}

@@ -30,7 +30,7 @@ EXPORT_RETRY_POLICY = dg.RetryPolicy(
 def build_export_asset(
     dataset: DatasetSpec,
     partitions_def: dg.PartitionsDefinition,
-    retry_policy: dg.RetryPolicy = EXPORT_RETRY_POLICY,
+    retry_policy: dg.RetryPolicy | None = EXPORT_RETRY_POLICY,
 ) -> dg.AssetsDefinition:
     source_desc = str(dataset.table) if dataset.table else "SQL query"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from export_pipeline.defs.assets import build_export_asset
+from export_pipeline.defs.checks import build_export_checks
 from export_pipeline.defs.monthly import build_monthly_exports_job
 from export_pipeline.defs.partitions import build_export_partitions_def
 from export_pipeline.defs.schedules import build_monthly_schedule
@@ -24,6 +25,7 @@ def exports() -> dg.Definitions:
     monthly_job = build_monthly_exports_job(spec)
     return dg.Definitions(
         assets=[build_export_asset(d, partitions_def) for d in spec.datasets.values()],
+        asset_checks=[build_export_checks(d, partitions_def) for d in spec.datasets.values()],
         jobs=[monthly_job],
         schedules=[
             build_monthly_schedule(monthly_job, spec.months_start, when.hour, when.timezone)

@@ -22,6 +22,7 @@ import dagster as dg
 from pydantic import Field
 
 from export_pipeline.defs.assets import SOURCE_POOL
+from export_pipeline.defs.checks import check_evaluations
 from export_pipeline.engine import EngineTuning, ExportResult, partition_stream
 from export_pipeline.io_managers.exports import ExportFiles, ExportIOManager
 from export_pipeline.io_managers.failures import export_failure
@@ -49,6 +50,11 @@ class MonthlyExportConfig(dg.Config):
     datasets: list[str] = Field(
         default_factory=list, description="Datasets to export; empty: every dataset of the spec."
     )
+    run_checks: bool = Field(
+        default=True,
+        description="Evaluate the export checks (file present, row count, empty month, schema "
+        "change) for each partition written, as a run of the asset would.",
+    )
 
 
 def build_monthly_exports_job(spec: ExportSpec) -> dg.JobDefinition:
@@ -67,7 +73,7 @@ def build_monthly_exports_job(spec: ExportSpec) -> dg.JobDefinition:
         config: MonthlyExportConfig,
         source: PostgresSourceResource,
         exports_io_manager: dg.ResourceParam[ExportIOManager],
-    ) -> Iterator[dg.AssetMaterialization]:
+    ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
         month = Month.parse(context.partition_key)
         known = context.instance.get_dynamic_partitions(CUSTOMERS_PARTITIONS_NAME)
         customers = _chosen(config.customers, known, "customer", "a `customers` partition")
@@ -86,7 +92,11 @@ def build_monthly_exports_job(spec: ExportSpec) -> dg.JobDefinition:
                     context.log.error(failure.description or what)
                     failed.append(failure.description or what)
                     continue
-                yield event
+                yield event  # stored before the generator resumes: the checks can read it
+                if config.run_checks:
+                    yield from check_evaluations(
+                        context.instance, files, event.asset_key, str(event.partition)
+                    )
         total = len(customers) * len(names)
         context.log.info(
             f"{month}: {total - len(failed)} of {total} exports done in "

@@ -28,7 +28,10 @@ def run_exports_job(
 ) -> dg.DagsterRun:
     partitions_def = build_export_partitions_def(spec.months_start)
     defs = dg.Definitions(
-        assets=[build_export_asset(d, partitions_def) for d in spec.datasets.values()],
+        # No RetryPolicy: these runs fail on purpose (an unreachable source is transient).
+        assets=[
+            build_export_asset(d, partitions_def, retry_policy=None) for d in spec.datasets.values()
+        ],
         jobs=[exports_job],
         resources={
             "source": PostgresSourceResource(dsn=source_dsn),

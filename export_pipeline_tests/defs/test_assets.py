@@ -31,7 +31,9 @@ def _materialize(
     key: dg.MultiPartitionKey = KEY,
 ) -> dict[str, Any]:
     asset = build_export_asset(
-        spec.datasets[dataset], build_export_partitions_def(spec.months_start)
+        spec.datasets[dataset],
+        build_export_partitions_def(spec.months_start),
+        retry_policy=None,  # failures here fail at once (retries: defs/test_retries.py)
     )
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("customers", ["2"])
@@ -93,4 +95,6 @@ def test_failure_is_one_clear_message(demo_spec: ExportSpec, tmp_path: Path) -> 
     with pytest.raises(AssertionError, match="cannot connect to the source database") as info:
         _materialize(demo_spec, "events", storage, "postgresql://u:pw-123@127.0.0.1:1/x")
     assert "pw-123" not in str(info.value)
+    assert "exports/events 2|2025-03-01" in str(info.value)  # names the partition
+    assert "transient, may be retried" in str(info.value)  # connection refused may pass
     assert not any(tmp_path.rglob("*.parquet"))

@@ -189,3 +189,32 @@ def test_schedule_settings_from_the_environment() -> None:
         schedule_settings({"EXPORT_SCHEDULE_HOUR": "24"})
     with pytest.raises(SettingsError, match="not an IANA time zone"):
         schedule_settings({"EXPORT_SCHEDULE_TIMEZONE": "Mars/Olympus"})
+
+
+def test_monthly_run_records_check_results_per_partition(
+    demo_spec: ExportSpec, demo_dsn: str, tmp_path: Path
+) -> None:
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("customers", ["1"])
+        result = _run_month(
+            instance, demo_spec, demo_dsn, tmp_path, "2025-04-01", {"datasets": ["events"]}
+        )
+        assert result.success
+        evaluations = [
+            e.event_specific_data
+            for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        ]
+        names = {ev.check_name: ev for ev in evaluations}  # type: ignore[union-attr]
+        assert set(names) == {
+            "file_present",
+            "row_count_matches_file",
+            "not_empty_after_rows",
+            "schema_unchanged",
+        }
+        for evaluation in names.values():
+            assert evaluation.passed and evaluation.partition == "1|2025-04-01"  # type: ignore[union-attr]
+        # and the UI's check history has them, per partition
+        key = dg.AssetCheckKey(dg.AssetKey(["exports", "events"]), "file_present")
+        records = instance.event_log_storage.get_asset_check_execution_history(key, limit=5)
+        assert records and records[0].partition == "1|2025-04-01"

@@ -16,8 +16,11 @@ Then, from the event log of the finished runs:
   instant that many did.
 
 A run is in progress from RUN_STARTING (the daemon dequeued it) to its RUN_SUCCESS / RUN_FAILURE
-/ RUN_CANCELED; that is the span in which the queue counts it. A step runs from STEP_START to
-STEP_SUCCESS / STEP_FAILURE (or STEP_UP_FOR_RETRY), inside the span its slot is held.
+/ RUN_CANCELED; that is the span in which the queue counts it. A step counts from
+STEP_WORKER_STARTING (the run worker claimed its slot and is starting the step's process) to
+STEP_SUCCESS / STEP_FAILURE / STEP_UP_FOR_RETRY (after which the worker frees the slot); its
+STEP_START lies in between. Counting from STEP_START instead would miss the process start-up,
+which takes longer than the export itself here, and so would rarely see steps overlap at all.
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ STEP_END_EVENTS = {
     dg.DagsterEventType.STEP_FAILURE,
     dg.DagsterEventType.STEP_UP_FOR_RETRY,
 }
+STEP_EVENTS = {dg.DagsterEventType.STEP_WORKER_STARTING} | STEP_START_EVENTS | STEP_END_EVENTS
 
 
 @dataclass(frozen=True)
@@ -293,18 +297,25 @@ def check_pool_limit(instance: dg.DagsterInstance, records: Sequence[dg.RunRecor
         plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
         pool_steps = {step.key for step in plan.steps if step.pool == SOURCE_POOL}
         assert pool_steps == {f"exports__{d}" for d in DATASETS}, run.run_id
-        events = event_times(instance, run.run_id, STEP_START_EVENTS | STEP_END_EVENTS)
-        starts: dict[str, float] = {}
+        events = event_times(instance, run.run_id, STEP_EVENTS)
+        opened: dict[str, float] = {}
+        started: set[str] = set()
         for kind, step_key, timestamp in sorted(events, key=lambda e: e[2]):
             assert step_key is not None
             if step_key not in pool_steps:
                 continue
-            if kind in STEP_START_EVENTS:
-                assert step_key not in starts, (run.run_id, step_key)
-                starts[step_key] = timestamp
+            what = (run.run_id, step_key, kind)
+            if kind == dg.DagsterEventType.STEP_WORKER_STARTING:
+                assert step_key not in opened, what
+                opened[step_key] = timestamp
+            elif kind in STEP_START_EVENTS:
+                assert step_key in opened and step_key not in started, what
+                started.add(step_key)
             else:
-                spans.append(Span(f"{run.run_id[:8]} {step_key}", starts.pop(step_key), timestamp))
-        assert not starts, f"steps without an end in {run.run_id}: {starts}"
+                assert step_key in started, what
+                started.discard(step_key)
+                spans.append(Span(f"{run.run_id[:8]} {step_key}", opened.pop(step_key), timestamp))
+        assert not opened, f"steps without an end in {run.run_id}: {opened}"
     assert len(spans) >= len(records) * len(DATASETS)
 
     count, overlapping = most_at_once(spans)

@@ -45,6 +45,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 import dagster as dg  # noqa: E402
 from dagster._core.events import DagsterEventType  # noqa: E402
+from scale_cpu import MachineCpu, TreeCpu, loadavg  # noqa: E402
 
 from export_pipeline_tests.test_backfill_graphql import (  # noqa: E402
     LAUNCH_BACKFILL,
@@ -55,7 +56,6 @@ from export_pipeline_tests.test_backfill_graphql import (  # noqa: E402
     tail,
     wait_for,
 )
-from scale_cpu import MachineCpu, TreeCpu, loadavg  # noqa: E402
 
 BIN = Path(sys.executable).parent
 EVENTS_PER_CUSTOMER = 5_000  # the demo's density: 50,000 events a year for 10 customers
@@ -112,10 +112,17 @@ class Drain:
     peak_procs: int = 0
     materialized: int = 0
     engine: list[float] = field(default_factory=list)  # duration_seconds of each export
+    engine_by_dataset: dict[str, list[float]] = field(default_factory=dict)
     rows: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     load: str = ""
+
+    def engine_medians(self) -> str:
+        return ", ".join(
+            f"{name} {statistics.median(values) * 1000:.1f}"
+            for name, values in sorted(self.engine_by_dataset.items())
+        )
 
     @property
     def engine_sum(self) -> float:
@@ -158,8 +165,17 @@ def seed(server_dsn: str, db: str, customers: int) -> None:
     log(f"seeding {db}: {customers} customers, {rows} events (2025) ...")
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "export_pipeline.demo.seed", "--dsn", dsn_for(server_dsn, db)]
-        + ["--customers", str(customers), "--rows", str(rows)],
+        [
+            sys.executable,
+            "-m",
+            "export_pipeline.demo.seed",
+            "--dsn",
+            dsn_for(server_dsn, db),
+            "--customers",
+            str(customers),
+            "--rows",
+            str(rows),
+        ],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         check=True,
@@ -178,7 +194,7 @@ def log(message: str) -> None:
     sys.stderr.flush()
 
 
-# --- 3. definitions load ----------------------------------------------------------------------
+# --- 3. definitions load -------------------------------------------------------------------------
 
 DEFS_PROBE = r"""
 import json, time
@@ -228,7 +244,7 @@ def time_defs(env: dict[str, str], rounds: int) -> dict[str, float]:
     return medians
 
 
-# --- 4. sensor and schedule ticks --------------------------------------------------------------
+# --- 4. sensor and schedule ticks ----------------------------------------------------------------
 
 
 def time_ticks(instance: dg.DagsterInstance, source_dsn: str, rounds: int) -> dict[str, float]:
@@ -278,7 +294,7 @@ def time_ticks(instance: dg.DagsterInstance, source_dsn: str, rounds: int) -> di
     return figures
 
 
-# --- 5. drains through webserver + daemon ----------------------------------------------------------
+# --- 5. drains through webserver + daemon --------------------------------------------------------
 
 
 def run_ids_for(instance: dg.DagsterInstance, tags: dict[str, str]) -> list[str]:
@@ -358,6 +374,9 @@ def check_materializations(
             drain.rows += int(md["dagster/row_count"].value)
             if "duration_seconds" in md:
                 drain.engine.append(float(md["duration_seconds"].value))
+                drain.engine_by_dataset.setdefault(key[0], []).append(
+                    float(md["duration_seconds"].value)
+                )
             if checked < verify:
                 path = Path(str(md["uri"].value))
                 if hashlib.sha256(path.read_bytes()).hexdigest() != md["sha256"].value:
@@ -373,14 +392,14 @@ def partition_view(url: str) -> tuple[float, str]:
     started = time.perf_counter()
     try:
         data = graphql(url, PARTITION_VIEW, {"key": {"path": ["exports", "events"]}})
-    except Exception as exc:  # noqa: BLE001 - a report line, not a failure
+    except Exception as exc:
         return time.perf_counter() - started, f"error: {str(exc)[:200]}"
     wall = time.perf_counter() - started
     node = data["assetNodeOrError"]
     return wall, json.dumps(node.get("partitionStats"))
 
 
-# --- report ------------------------------------------------------------------------------------------
+# --- report --------------------------------------------------------------------------------------
 
 
 def report(
@@ -419,7 +438,11 @@ def report(
         lines.append(
             f"{d.name:<44} {d.runs:>5} {d.partitions:>6} {d.wall:>8.1f} {d.cpu:>8.1f} "
             f"{d.machine_cpu:>6.0f}/{d.machine_busy:>2.0%} {d.engine_sum:>9.1f} {med * 1000:>10.1f}"
-            f" {d.overhead_per_partition * 1000:>11.1f}"
+            + (
+                f" {d.overhead_per_partition * 1000:>11.1f}"
+                if d.runs == 1
+                else f" {'n/a':>11}"  # runs overlap: wall minus summed engine time means nothing
+            )
         )
     lines.append("")
     for d in drains:
@@ -427,9 +450,13 @@ def report(
         r = statistics.median(d.run_walls) if d.run_walls else float("nan")
         lines.append(
             f"{d.name}: statuses {d.statuses}; {d.materialized:,} materializations "
+            f"(engine median ms by dataset: {d.engine_medians()}); "
+            f"wall per partition {d.wall / max(d.partitions, 1) * 1000:.1f} ms, "
+            f"CPU per partition {d.cpu / max(d.partitions, 1) * 1000:.1f} ms; "
             f"({d.rows:,} rows); run created->started median {q:.1f} s, run wall median "
             f"{r:.1f} s; in-run overhead per partition "
-            f"{d.in_run_overhead_per_partition * 1000:.1f} ms; peak processes {d.peak_procs}; load {d.load}"
+            f"{d.in_run_overhead_per_partition * 1000:.1f} ms; peak processes {d.peak_procs}; "
+            f"load {d.load}"
             + (
                 f"; PROBLEMS: {d.problems[:5]}"
                 if d.problems
@@ -479,7 +506,7 @@ def report(
     return "\n".join(lines)
 
 
-# --- main ----------------------------------------------------------------------------------------------
+# --- main ----------------------------------------------------------------------------------------
 
 
 def main() -> None:

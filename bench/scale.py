@@ -47,8 +47,7 @@ import dagster as dg  # noqa: E402
 from dagster._core.events import DagsterEventType  # noqa: E402
 from scale_cpu import MachineCpu, TreeCpu, loadavg  # noqa: E402
 
-from export_pipeline_tests.test_backfill_graphql import (  # noqa: E402
-    LAUNCH_BACKFILL,
+from export_pipeline_tests.dagster_processes import (  # noqa: E402
     free_port,
     graphql,
     location_loaded,
@@ -56,6 +55,7 @@ from export_pipeline_tests.test_backfill_graphql import (  # noqa: E402
     tail,
     wait_for,
 )
+from export_pipeline_tests.test_backfill_graphql import LAUNCH_BACKFILL  # noqa: E402
 
 BIN = Path(sys.executable).parent
 EVENTS_PER_CUSTOMER = 5_000  # the demo's density: 50,000 events a year for 10 customers

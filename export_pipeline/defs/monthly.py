@@ -75,6 +75,7 @@ def build_monthly_exports_job(spec: ExportSpec) -> dg.JobDefinition:
         exports_io_manager: dg.ResourceParam[ExportIOManager],
     ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
         month = Month.parse(context.partition_key)
+        _pool_instance_connections(context.instance)
         known = context.instance.get_dynamic_partitions(CUSTOMERS_PARTITIONS_NAME)
         customers = _chosen(config.customers, known, "customer", "a `customers` partition")
         names = _chosen(config.datasets, list(spec.datasets), "dataset", "in the spec")
@@ -122,6 +123,19 @@ def build_monthly_exports_job(spec: ExportSpec) -> dg.JobDefinition:
         export_month()
 
     return monthly_exports_job
+
+
+def _pool_instance_connections(instance: dg.DagsterInstance) -> None:
+    """Keep the instance's database connections open for the rest of this run.
+
+    Outside the webserver, Dagster's Postgres storages open a new connection for every
+    statement (SQLAlchemy NullPool): about 3 connections, some 20 ms here, per recorded
+    materialization, which was most of this job's overhead at 3,000 partitions a month
+    (bench/RESULTS.md, "Scale"). `optimize_for_webserver` is the instance's public switch to a
+    small pool (1 connection + 2 overflow, recycled hourly), as the webserver uses; the
+    statement timeout is 60 s. Other storages (SQLite) ignore it.
+    """
+    instance.optimize_for_webserver(statement_timeout=60_000, pool_recycle=3600, max_overflow=2)
 
 
 def _chosen(asked: Sequence[str], known: Sequence[str], what: str, where: str) -> list[str]:

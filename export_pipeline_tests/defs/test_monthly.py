@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,9 @@ from export_pipeline.io_managers.exports import EXPORTS_IO_MANAGER_KEY, LocalExp
 from export_pipeline.resources.source import PostgresSourceResource
 from export_pipeline.settings import SettingsError, schedule_settings
 from export_pipeline.spec import ExportSpec
+from export_pipeline_tests.helpers import sqlalchemy_url
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run_month(
@@ -218,3 +222,30 @@ def test_monthly_run_records_check_results_per_partition(
         key = dg.AssetCheckKey(dg.AssetKey(["exports", "events"]), "file_present")
         records = instance.event_log_storage.get_asset_check_execution_history(key, limit=5)
         assert records and records[0].partition == "1|2025-04-01"
+
+
+def test_monthly_run_on_a_postgres_instance_with_pooled_connections(
+    demo_spec: ExportSpec,
+    demo_dsn: str,
+    scratch_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The production instance (deploy/dagster.yaml on Postgres), where the op switches the
+    instance to pooled connections: every event is still recorded."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copyfile(REPO_ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_PG_URL", sqlalchemy_url(scratch_dsn))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("customers", ["1", "2"])
+        result = _run_month(instance, demo_spec, demo_dsn, tmp_path / "files", "2025-05-01")
+        assert result.success
+        for dataset in ("events", "orders", "invoices"):
+            assert set(instance.get_materialized_partitions(dg.AssetKey(["exports", dataset]))) == {
+                "1|2025-05-01",
+                "2|2025-05-01",
+            }
+        key = dg.AssetCheckKey(dg.AssetKey(["exports", "orders"]), "file_present")
+        history = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+        assert {record.partition for record in history} == {"1|2025-05-01", "2|2025-05-01"}

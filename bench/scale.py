@@ -524,6 +524,9 @@ def main() -> None:
     parser.add_argument("--only", default="month,backfill,assets", help="drains to run")
     parser.add_argument("--deadline", type=float, default=1800, help="seconds per drain")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs, files)")
+    parser.add_argument(
+        "--no-checks", action="store_true", help="month drain without the per-partition checks"
+    )
     args = parser.parse_args()
     if args.quick:
         args.customers = min(args.customers, 50)
@@ -603,7 +606,8 @@ def main() -> None:
 
                 if "month" in only:
                     drain = Drain(
-                        f"month: {DRAIN_MONTH[:7]}, {args.customers} customers, 1 run",
+                        f"month: {DRAIN_MONTH[:7]}, {args.customers} customers, 1 run"
+                        + (", no checks" if args.no_checks else ", with checks"),
                         args.customers * len(DATASETS),
                     )
                     tags = [
@@ -612,9 +616,10 @@ def main() -> None:
                         {"key": "export/trigger", "value": "schedule"},
                         {"key": "bench", "value": "month"},
                     ]
+                    month_config = {"run_checks": not args.no_checks}
                     params = {
                         "selector": {**repo_selector, "jobName": JOB},
-                        "runConfigData": {},
+                        "runConfigData": {"ops": {"export_month": {"config": month_config}}},
                         "executionMetadata": {"tags": tags},
                     }
 

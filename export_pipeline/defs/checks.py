@@ -104,10 +104,13 @@ def build_export_checks(
 
 
 def check_evaluations(
-    instance: dg.DagsterInstance, files: ExportFiles, asset_key: dg.AssetKey, partition: str
+    instance: dg.DagsterInstance, files: ExportFiles, event: dg.AssetMaterialization
 ) -> list[dg.AssetCheckEvaluation]:
-    """Every check of one partition as events, for runs that write partitions outside the
-    asset's own step (monthly_exports_job): the same verdicts as the checks themselves."""
+    """Every check of the partition `event` just recorded, as events, for runs that write
+    partitions outside the asset's own step (monthly_exports_job): the same verdicts as the
+    checks themselves, from the event's own metadata (no instance query for it)."""
+    asset_key, partition = event.asset_key, str(event.partition)
+    recorded = plain_values(event.metadata)
     return [
         dg.AssetCheckEvaluation(
             asset_key=asset_key,
@@ -118,7 +121,9 @@ def check_evaluations(
             metadata=verdict.metadata,
             partition=partition,
         )
-        for name, verdict in evaluate(instance, files, asset_key, partition, set(SEVERITY)).items()
+        for name, verdict in evaluate(
+            instance, files, asset_key, partition, set(SEVERITY), recorded
+        ).items()
     ]
 
 
@@ -128,11 +133,14 @@ def evaluate(
     asset_key: dg.AssetKey,
     partition: str,
     selected: set[str],
+    recorded: dict[str, Any] | None = None,
 ) -> dict[str, Verdict]:
-    """A verdict for each selected check of one partition."""
+    """A verdict for each selected check of one partition (`recorded`: its latest
+    materialization's metadata, read from the instance when not given)."""
     dataset = asset_key.path[-1]
     customer, month = split_partition_key(partition)
-    recorded = latest_metadata(instance, asset_key, partition)
+    if recorded is None:
+        recorded = latest_metadata(instance, asset_key, partition)
     if recorded is None:
         missing = Verdict(
             False,

@@ -93,11 +93,9 @@ def build_monthly_exports_job(spec: ExportSpec) -> dg.JobDefinition:
                     context.log.error(failure.description or what)
                     failed.append(failure.description or what)
                     continue
-                yield event  # stored before the generator resumes: the checks can read it
+                yield event
                 if config.run_checks:
-                    yield from check_evaluations(
-                        context.instance, files, event.asset_key, str(event.partition)
-                    )
+                    yield from check_evaluations(context.instance, files, event)
         total = len(customers) * len(names)
         context.log.info(
             f"{month}: {total - len(failed)} of {total} exports done in "

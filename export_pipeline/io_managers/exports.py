@@ -81,6 +81,10 @@ class ExportFiles:
 
 
 class ExportIOManager(dg.ConfigurableIOManager):
+    """The export IO manager's behaviour; `LocalExportIOManager` and `S3ExportIOManager` say
+    where the files go. Ops that write export files take it as `ResourceParam[ExportIOManager]`
+    and call `files()`."""
+
     prefix: str = Field(
         default="exports",
         description="Key prefix: objects are <prefix>/<customer>/<YYYY-MM>/<dataset>.<ext> "

@@ -113,15 +113,17 @@ def test_export_assets_use_the_limited_pool(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("EXPORT_STORAGE_DIR", "/tmp/exports")
     monkeypatch.delenv("EXPORT_S3_BUCKET", raising=False)
 
-    definitions = defs()
-    assets = [
-        a
-        for a in definitions.resolve_asset_graph().assets_defs
-        if len(a.keys) == 1 and a.key.path[0] == "exports"
-    ]
+    # Loading and resolving read the current instance (Dagster keeps a process-wide handle
+    # to the last one made; an earlier test's may be closed by now): give them a live one.
+    with dg.instance_for_test():
+        definitions = defs()
+        assets = [
+            a
+            for a in definitions.resolve_asset_graph().assets_defs
+            if len(a.keys) == 1 and a.key.path[0] == "exports"
+        ]
+        monthly = definitions.resolve_job_def("monthly_exports_job")
     assert assets
     for asset in assets:
         assert set(asset.node_def.pools) == {SOURCE_POOL}, asset.key
-    with dg.instance_for_test():  # resolving a job reads the current instance
-        monthly = definitions.resolve_job_def("monthly_exports_job")
     assert {p for node in monthly.nodes for p in node.definition.pools} == {SOURCE_POOL}

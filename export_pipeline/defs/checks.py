@@ -91,16 +91,19 @@ def build_export_checks(
             context.instance, manager.files(), asset_key, context.partition_key, selected
         )
         for name, verdict in verdicts.items():
-            yield dg.AssetCheckResult(
-                asset_key=asset_key,
-                check_name=name,
-                passed=verdict.passed,
-                severity=SEVERITY[name],
-                description=verdict.description,
-                metadata=verdict.metadata,
-            )
+            yield dg.AssetCheckResult(asset_key=asset_key, **_result_fields(name, verdict))
 
     return _checks
+
+
+def _result_fields(name: str, verdict: Verdict) -> dict[str, Any]:
+    return {
+        "check_name": name,
+        "passed": verdict.passed,
+        "severity": SEVERITY[name],
+        "description": verdict.description,
+        "metadata": verdict.metadata,
+    }
 
 
 def check_evaluations(
@@ -113,13 +116,7 @@ def check_evaluations(
     recorded = plain_values(event.metadata)
     return [
         dg.AssetCheckEvaluation(
-            asset_key=asset_key,
-            check_name=name,
-            passed=verdict.passed,
-            severity=SEVERITY[name],
-            description=verdict.description,
-            metadata=verdict.metadata,
-            partition=partition,
+            asset_key=asset_key, partition=partition, **_result_fields(name, verdict)
         )
         for name, verdict in evaluate(
             instance, files, asset_key, partition, set(SEVERITY), recorded

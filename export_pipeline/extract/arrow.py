@@ -1,7 +1,8 @@
 """Arrow record batches from PostgreSQL through the ADBC driver (binary COPY, decoded in C++).
 
 Memory: one batch of about `batch_size_hint_bytes` at a time (plus the driver's read buffer).
-The batch size also sets the Parquet row-group size, since each batch becomes one row group.
+Parquet row groups are gathered from several batches (formats/parquet.py), so the batch size
+no longer sets the row-group size.
 """
 
 from __future__ import annotations

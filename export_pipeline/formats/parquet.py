@@ -71,6 +71,13 @@ _FALLBACK_HINT = "set `unrepresentable: text` on the dataset to export it as Pos
 # Row-group target (see the module docstring for why): whichever is reached first.
 DEFAULT_ROW_GROUP_ROWS = 128 * 1024
 DEFAULT_ROW_GROUP_BYTES = 64 * 1024 * 1024
+# A column falls back from dictionary to plain encoding once its dictionary passes this size.
+# At pyarrow's 1 MiB default a unique int64 column (an id) stays dictionary-encoded for a whole
+# 128k-row group, and the writer's memo table and buffered pages for it alone cost about 38 MB
+# of RSS. At 64 KiB high-cardinality columns fall back within a few thousand rows, while
+# low-cardinality ones (event types, customer ids, flags) keep their dictionary; on the
+# reference table the file is also 8% smaller (plain + zstd beats dictionary indices there).
+DICTIONARY_PAGE_LIMIT = 64 * 1024
 
 
 class UnrepresentableValueError(ExportError, ValueError):
@@ -285,6 +292,7 @@ class ParquetBatchWriter:
             compression=codec,
             write_statistics=True,
             write_page_index=True,
+            dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT,
             store_schema=True,
         )
         self.rows = 0
@@ -317,6 +325,9 @@ class ParquetBatchWriter:
         self._pending = pending.slice(rows).to_batches()
         self._pending_rows = pending.num_rows - rows
         self._pending_bytes = sum(b.nbytes for b in self._pending)
+        # The writer's encode buffers are as large as a row group; without this mimalloc keeps
+        # them, and peak RSS grew by a second row group's worth.
+        pa.default_memory_pool().release_unused()
 
     def close(self) -> None:
         if self._pending_rows:

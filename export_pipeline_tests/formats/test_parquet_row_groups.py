@@ -90,6 +90,10 @@ def test_default_target_makes_one_row_group_of_a_small_export(
     meta = _export(wide_source, tmp_path, EngineTuning(batch_size_hint_bytes=SMALL_BATCHES))
     assert _group_rows(meta) == [ROWS]
     _assert_statistics_and_page_index(meta)
+    group = meta.row_group(0)
+    encodings = {group.column(j).path_in_schema: group.column(j) for j in range(group.num_columns)}
+    # a low-cardinality column keeps its dictionary under the smaller dictionary page limit
+    assert encodings["customer_id"].has_dictionary_page
 
 
 def test_row_groups_hold_the_target_rows(wide_source: SourceConfig, tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def report(results: list[FileReads], day: datetime, repeat: int) -> str:
     if len(results) == 2:
         before, after = results
         lines.append(
-            f"{after.label + ' / ' + before.label:<34} "
+            f"{'second / first':<34} "
             + " ".join(f"{after.seconds[q] / before.seconds[q]:>11.2f}x" for q in QUERIES)
         )
     return "\n".join(lines)

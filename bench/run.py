@@ -6,8 +6,10 @@ Seeds the reference table (shared/reference/events.sql, vendored as bench/events
 does not hold `--rows` rows, then runs each case `--rounds` times, alternating cases within a
 round so machine noise hits all of them alike, and prints medians of wall time, rows/s and
 peak RSS, with the ratios the performance goals are stated in. Every case is its own process
-(peak RSS is that process's `ru_maxrss`). Without `--dsn` it uses an embedded PostgreSQL
-kept in .local/bench-pg, so the 10M-row table is seeded once.
+(peak RSS is that process's `ru_maxrss`), importing this checkout's `export_pipeline`. Without
+`--dsn` it uses an embedded PostgreSQL kept in .local/bench-pg, so the 10M-row table is seeded
+once. The Parquet files of the last round (today's row groups, and one row group per 4 MiB
+batch as before issue 11) are then read back by `bench/readers.py` (pyarrow and DuckDB).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Case:
     name: str
     argv: list[str]
     stdout_file: Path | None = None  # None: /dev/null
+    keep: Path | None = None  # the case's Parquet output is moved here (for the readers)
     rows: int = 0
     walls: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
@@ -91,7 +94,7 @@ def run_once(case: Case) -> None:
     target = open(case.stdout_file, "wb") if case.stdout_file else open(os.devnull, "wb")
     started = time.perf_counter()
     with target:
-        proc = subprocess.Popen(case.argv, stdout=target, cwd=REPO)
+        proc = subprocess.Popen(case.argv, stdout=target, cwd=REPO, env=_env())
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -102,10 +105,27 @@ def run_once(case: Case) -> None:
     for result in out.glob("result.json"):
         case.rows = json.loads(result.read_text())["rows"]
     case.size = sum(p.stat().st_size for p in out.rglob("*") if p.name != "result.json")
+    if case.keep:
+        case.keep.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(next(out.rglob("*.parquet")), case.keep)
     shutil.rmtree(out, ignore_errors=True)
 
 
-def engine_case(name: str, dsn: str, fmt: str, comp: str, limit: int = 0) -> Case:
+def _env() -> dict[str, str]:
+    """Cases import this checkout's package, not whichever one the venv has installed."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
+
+
+def engine_case(
+    name: str,
+    dsn: str,
+    fmt: str,
+    comp: str,
+    limit: int = 0,
+    extra: tuple[str, ...] = (),
+    keep: Path | None = None,
+) -> Case:
     out = OUT / slug(name)
     argv = [
         sys.executable,
@@ -121,7 +141,12 @@ def engine_case(name: str, dsn: str, fmt: str, comp: str, limit: int = 0) -> Cas
     ]
     if limit:
         argv += ["--limit", str(limit)]
-    return Case(name, argv, stdout_file=out / "result.json")
+    return Case(name, [*argv, *extra], stdout_file=out / "result.json", keep=keep)
+
+
+READERS = OUT / "readers"
+# Before issue 11: every 4 MiB ADBC batch its own row group (about 18k rows).
+PER_BATCH = "parquet zstd, group per batch"
 
 
 JSONL_COPY = (
@@ -140,7 +165,15 @@ def build_cases(dsn: str, rows: int, quick: bool) -> list[Case]:
             [psql, dsn, "-c", f"{full} (FORMAT csv, HEADER)"],
             stdout_file=OUT / slug("psql COPY CSV > file") / "psql.csv",
         ),
-        engine_case("parquet zstd", dsn, "parquet", "zstd"),
+        engine_case("parquet zstd", dsn, "parquet", "zstd", keep=READERS / "after.parquet"),
+        engine_case(
+            PER_BATCH,
+            dsn,
+            "parquet",
+            "zstd",
+            extra=("--row-group-bytes", "1", "--batch-hint", str(4 * 1024 * 1024)),
+            keep=READERS / "before.parquet",
+        ),
         engine_case("csv", dsn, "csv", "none"),
         engine_case("csv gzip", dsn, "csv", "gzip"),
         engine_case("jsonl", dsn, "jsonl", "none"),
@@ -181,6 +214,13 @@ def report(cases: list[Case], rows: int) -> str:
     if "parquet zstd" in by:
         rss = by["parquet zstd"].max_rss()
         lines.append(f"  parquet zstd peak RSS = {rss:.0f} MB (goal <= 200)")
+        if PER_BATCH in by:
+            before = by[PER_BATCH]
+            lines.append(
+                f"  parquet zstd / {PER_BATCH} = "
+                f"{by['parquet zstd'].median_wall() / before.median_wall():.2f}x wall, "
+                f"peak RSS {rss:.0f} / {before.max_rss():.0f} MB"
+            )
         small = [c for c in cases if c.name.startswith("parquet zstd (")]
         if small:
             growth = rss / small[0].max_rss()
@@ -202,6 +242,10 @@ FLOORS = [
     ("psql COPY CSV > /dev/null", "psql COPY CSV > file"),
     ("psql row_to_json > /dev/null", "psql COPY CSV > /dev/null"),
 ]
+
+
+def _before(case: Case) -> int:
+    return 0 if case.name == PER_BATCH else 1
 
 
 def main() -> None:
@@ -235,6 +279,18 @@ def main() -> None:
         f"{os.cpu_count()} cores, medians of {args.rounds} rounds\n\n"
     )
     sys.stdout.write(report(cases, args.rows) + "\n")
+    kept = [c for c in cases if c.keep and c.keep.exists()]
+    if kept:
+        labels = {PER_BATCH: "before: group per batch", "parquet zstd": "after: 128k-row groups"}
+        files = [f"{labels.get(c.name, c.name)}={c.keep}" for c in sorted(kept, key=_before)]
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        subprocess.run(
+            [sys.executable, str(REPO / "bench" / "readers.py"), *files, "--repeat", "3"],
+            check=True,
+            env=_env(),
+        )
+        shutil.rmtree(READERS, ignore_errors=True)
     if args.dagster:
         subprocess.run(
             [sys.executable, str(REPO / "bench" / "dagster_overhead.py"), "--dsn", dsn], check=True

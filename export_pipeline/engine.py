@@ -1,8 +1,9 @@
 """Export one customer-month of one dataset: the whole engine behind a materialization.
 
 Pure Python, no Dagster. Rows stream from PostgreSQL to the object writer:
-- Parquet: ADBC record batches (read ahead on a second thread) -> ParquetWriter -> writer
-  (memory: about three batches of `batch_size_hint_bytes`);
+- Parquet: ADBC record batches (read ahead on a second thread) -> row groups of
+  `parquet_row_group_rows` rows or `parquet_row_group_bytes` -> ParquetWriter -> writer
+  (memory: about three batches of `batch_size_hint_bytes` plus one row group);
 - CSV / JSON Lines / JSON: COPY chunks -> (JSON array framing) -> (gzip/zstd) -> writer
   (memory: one chunk, plus the S3 writer's in-flight parts).
 The object is published only if every row was written; otherwise nothing is left under its key.
@@ -46,7 +47,11 @@ from export_pipeline.extract.query import (
 from export_pipeline.extract.replica import check_replica_caught_up
 from export_pipeline.formats.compress import make_compressor
 from export_pipeline.formats.naming import content_type, extension
-from export_pipeline.formats.parquet import write_parquet
+from export_pipeline.formats.parquet import (
+    DEFAULT_ROW_GROUP_BYTES,
+    DEFAULT_ROW_GROUP_ROWS,
+    write_parquet,
+)
 from export_pipeline.formats.text import JsonArrayFramer, copy_statement
 from export_pipeline.partitions import Month, validate_customer_key
 from export_pipeline.spec import Compression, CustomersSpec, DatasetSpec, Format
@@ -63,7 +68,13 @@ from export_pipeline.streams import prefetch
 
 @dataclass(frozen=True)
 class EngineTuning:
+    """Knobs that trade memory for speed or file shape; the defaults are measured (bench/)."""
+
     batch_size_hint_bytes: int = DEFAULT_BATCH_SIZE_HINT_BYTES
+    # A Parquet row group closes at this many rows or this much Arrow data, whichever is first
+    # (formats/parquet.py says why these defaults).
+    parquet_row_group_rows: int = DEFAULT_ROW_GROUP_ROWS
+    parquet_row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES
     chunk_size: int = DEFAULT_CHUNK_SIZE
     prefetch_batches: int = 1
 
@@ -111,7 +122,8 @@ class ExportStream:
     Holds no connection: `write_to` opens the source connection(s) it needs and closes them
     before it returns or raises, so an export that is never written holds nothing open.
     Memory while writing: Parquet about (prefetch depth + 2) batches of
-    `tuning.batch_size_hint_bytes` plus one row group's buffers; text formats one COPY chunk.
+    `tuning.batch_size_hint_bytes` plus one pending row group (`tuning.parquet_row_group_rows`
+    or `parquet_row_group_bytes`) and the writer's buffers; text formats one COPY chunk.
     """
 
     source: SourceConfig
@@ -305,8 +317,8 @@ def _write_parquet(
 ) -> int:
     """Batches are read on a background thread while this one encodes the previous one.
 
-    Memory: about (prefetch depth + 2) batches of `batch_size_hint_bytes`, plus the Parquet
-    writer's buffers for one row group.
+    Memory: about (prefetch depth + 2) batches of `batch_size_hint_bytes`, plus one pending
+    row group of Arrow data and the Parquet writer's buffers.
     """
     with (
         record_batches(source, query.text, tuning.batch_size_hint_bytes) as reader,
@@ -315,7 +327,14 @@ def _write_parquet(
         closing(prefetch(read_batches(reader, name), depth=tuning.prefetch_batches)) as batches,
     ):
         return write_parquet(
-            reader.schema, batches, writer, compression, name, query.numeric_as_text
+            reader.schema,
+            batches,
+            writer,
+            compression,
+            name,
+            query.numeric_as_text,
+            row_group_rows=tuning.parquet_row_group_rows,
+            row_group_bytes=tuning.parquet_row_group_bytes,
         )
 
 

@@ -9,7 +9,7 @@ handle to the file.
 
 import dagster as dg
 
-from export_pipeline.engine import EngineTuning, ExportStream, partition_stream
+from export_pipeline.engine import ExportStream, partition_stream
 from export_pipeline.errors import ExportError
 from export_pipeline.io_managers.exports import EXPORTS_IO_MANAGER_KEY
 from export_pipeline.io_managers.failures import export_failure
@@ -55,7 +55,7 @@ def build_export_asset(
                 dataset,
                 customer,
                 month,
-                EngineTuning(batch_size_hint_bytes=source.batch_size_hint_bytes),
+                source.engine_tuning(),
             )
         except ExportError as exc:
             raise export_failure(f"{context.asset_key.to_user_string()} {key}", exc) from exc

@@ -80,7 +80,7 @@ def build_monthly_exports_job(spec: ExportSpec) -> dg.JobDefinition:
         customers = _chosen(config.customers, known, "customer", "a `customers` partition")
         names = _chosen(config.datasets, list(spec.datasets), "dataset", "in the spec")
         files = exports_io_manager.files()
-        tuning = EngineTuning(batch_size_hint_bytes=source.batch_size_hint_bytes)
+        tuning = source.engine_tuning()
         failed: list[str] = []
         started = time.perf_counter()
         for customer in customers:

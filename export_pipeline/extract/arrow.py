@@ -1,7 +1,8 @@
 """Arrow record batches from PostgreSQL through the ADBC driver (binary COPY, decoded in C++).
 
 Memory: one batch of about `batch_size_hint_bytes` at a time (plus the driver's read buffer).
-The batch size also sets the Parquet row-group size, since each batch becomes one row group.
+Parquet row groups are gathered from several batches (formats/parquet.py), so the batch size
+no longer sets the row-group size.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from export_pipeline.extract.connection import (
 )
 from export_pipeline.extract.query import QueryError
 
-DEFAULT_BATCH_SIZE_HINT_BYTES = 4 * 1024 * 1024  # 160 MB peak RSS at 10M rows; see bench/RESULTS.md
+# 2 MiB: since row groups are gathered from batches (issue 11), the batch size only costs memory
+# (the driver's buffers, the read-ahead batch); 4 MiB put the Parquet peak RSS over 200 MB with
+# 128k-row groups, 1 MiB was 4% slower. See bench/RESULTS.md.
+DEFAULT_BATCH_SIZE_HINT_BYTES = 2 * 1024 * 1024
 
 
 @contextmanager

@@ -1,4 +1,16 @@
-"""Parquet from Arrow record batches, one row group per batch.
+"""Parquet from Arrow record batches, gathered into row groups sized for readers.
+
+Row groups: pyarrow closes a row group on every `write_batch`, and the ADBC driver's batches
+are about 4 MiB (some 18k rows of a typical table), far smaller than readers want. So batches
+are gathered here and written as one row group once `row_group_rows` rows (default 131,072) or
+`row_group_bytes` of Arrow data (default 64 MiB) are pending, whichever comes first. Why those:
+DuckDB writes 122,880 rows per row group and Spark/Athena aim for 64-128 MB; about 128k rows
+keeps footer metadata small and min/max statistics selective, while the memory it costs (one
+row group of Arrow data, about 30 MiB for the reference `events` table) stays inside the
+engine's 200 MB budget; the byte cap bounds that memory for wide rows. Every row group but the
+last holds exactly `row_group_rows` rows unless the byte cap closed it first (then it ends at
+a batch boundary). Column statistics and the page index (per-page min/max and offsets) are
+written, so readers can skip row groups and pages.
 
 Types the ADBC driver hands over that Parquet cannot hold as they are get converted once per
 batch, in Arrow compute (no per-row Python); the full contract is docs/types.md:
@@ -14,8 +26,8 @@ batch, in Arrow compute (no per-row Python); the full contract is docs/types.md:
   rewrites the query so they never get here (money as numeric, composites as JSON, the rest as
   text when the dataset opts in).
 Lists (arrays) are converted element-wise.
-Memory: one batch in, one converted batch out, plus the writer's column buffers for one row
-group.
+Memory: one row group of converted batches pending, plus the writer's buffers for one column
+chunk while it encodes that row group.
 """
 
 from __future__ import annotations
@@ -56,6 +68,16 @@ INTERVAL_TYPE = pa.struct(
 # become indistinguishable); extract/contract.py sends composites as JSON instead.
 _COMPOSITE_PROBLEM = "the driver loses which composite values are NULL"
 _FALLBACK_HINT = "set `unrepresentable: text` on the dataset to export it as PostgreSQL text"
+# Row-group target (see the module docstring for why): whichever is reached first.
+DEFAULT_ROW_GROUP_ROWS = 128 * 1024
+DEFAULT_ROW_GROUP_BYTES = 64 * 1024 * 1024
+# A column falls back from dictionary to plain encoding once its dictionary passes this size.
+# At pyarrow's 1 MiB default a unique int64 column (an id) stays dictionary-encoded for a whole
+# 128k-row group, and the writer's memo table and buffered pages for it alone cost about 38 MB
+# of RSS. At 64 KiB high-cardinality columns fall back within a few thousand rows, while
+# low-cardinality ones (event types, customer ids, flags) keep their dictionary; on the
+# reference table the file is also 8% smaller (plain + zstd beats dictionary indices there).
+DICTIONARY_PAGE_LIMIT = 64 * 1024
 
 
 class UnrepresentableValueError(ExportError, ValueError):
@@ -234,7 +256,10 @@ def _metadata(field: pa.Field, numeric_as_text: Mapping[str, str] | None) -> dic
 
 
 class ParquetBatchWriter:
-    """Converts and writes batches; `rows` counts what was written."""
+    """Converts batches and writes them in row groups of the target size.
+
+    `rows` counts the rows written to closed row groups; `close` writes what is pending.
+    """
 
     def __init__(
         self,
@@ -243,7 +268,13 @@ class ParquetBatchWriter:
         compression: Compression,
         dataset: str,
         numeric_as_text: Mapping[str, str] | None = None,
+        row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+        row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
     ) -> None:
+        if row_group_rows < 1 or row_group_bytes < 1:
+            raise ValueError("row_group_rows and row_group_bytes must be positive")
+        self.row_group_rows = row_group_rows
+        self.row_group_bytes = row_group_bytes
         planner = _Planner(dataset, numeric_as_text or {})
         plans = [planner.plan(f, f.name) for f in schema]
         self.schema = pa.schema(
@@ -260,9 +291,14 @@ class ParquetBatchWriter:
             self.schema,
             compression=codec,
             write_statistics=True,
+            write_page_index=True,
+            dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT,
             store_schema=True,
         )
         self.rows = 0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._pending_bytes = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
         if any(self._converts):
@@ -271,14 +307,36 @@ class ParquetBatchWriter:
                 for col, convert in zip(batch.columns, self._converts, strict=True)
             ]
             batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
-        self._writer.write_batch(batch)
-        self.rows += batch.num_rows
+        if batch.num_rows == 0:
+            return
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        self._pending_bytes += batch.nbytes
+        while (
+            self._pending_rows >= self.row_group_rows or self._pending_bytes >= self.row_group_bytes
+        ):
+            self._write_row_group(min(self._pending_rows, self.row_group_rows))
+
+    def _write_row_group(self, rows: int) -> None:
+        """The first `rows` pending rows as one row group; the rest stay pending (zero-copy)."""
+        pending = pa.Table.from_batches(self._pending, schema=self.schema)
+        self._writer.write_table(pending.slice(0, rows), row_group_size=rows)
+        self.rows += rows
+        self._pending = pending.slice(rows).to_batches()
+        self._pending_rows = pending.num_rows - rows
+        self._pending_bytes = sum(b.nbytes for b in self._pending)
+        # The writer's encode buffers are as large as a row group; without this mimalloc keeps
+        # them, and peak RSS grew by a second row group's worth.
+        pa.default_memory_pool().release_unused()
 
     def close(self) -> None:
+        if self._pending_rows:
+            self._write_row_group(self._pending_rows)
         self._writer.close()
 
     def discard(self) -> None:
         """Give up: never write the footer (pyarrow would try to from `__del__`)."""
+        self._pending = []
         self._writer.is_open = False
 
 
@@ -289,12 +347,16 @@ def write_parquet(
     compression: Compression,
     dataset: str,
     numeric_as_text: Mapping[str, str] | None = None,
+    row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+    row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
 ) -> int:
     """Write every batch to `sink`; return the number of rows.
 
     `numeric_as_text` names string columns that hold numeric text (column -> `numeric(p,s)`).
     """
-    writer = ParquetBatchWriter(schema, sink, compression, dataset, numeric_as_text)
+    writer = ParquetBatchWriter(
+        schema, sink, compression, dataset, numeric_as_text, row_group_rows, row_group_bytes
+    )
     try:
         for batch in batches:
             writer.write(batch)

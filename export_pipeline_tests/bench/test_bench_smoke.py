@@ -38,3 +38,7 @@ def test_benchmark_smoke(scratch_dsn: str) -> None:
         assert f"\n{case} " in out, out
     assert "parquet zstd   / psql COPY BINARY > /dev/null" in out
     assert "(floor) psql row_to_json > /dev/null / psql COPY CSV > /dev/null" in out
+    assert "parquet zstd / parquet zstd, group per batch = " in out
+    # the reader benchmark read both Parquet files back with pyarrow and DuckDB
+    assert "readers (median of 3" in out, out
+    assert "\nbefore: group per batch " in out and "\nafter: 128k-row groups " in out, out

@@ -1,7 +1,7 @@
 """Parquet from Arrow record batches, gathered into row groups sized for readers.
 
 Row groups: pyarrow closes a row group on every `write_batch`, and the ADBC driver's batches
-are about 4 MiB (some 18k rows of a typical table), far smaller than readers want. So batches
+are a few MiB (some 9-18k rows of a typical table), far smaller than readers want. So batches
 are gathered here and written as one row group once `row_group_rows` rows (default 131,072) or
 `row_group_bytes` of Arrow data (default 64 MiB) are pending, whichever comes first. Why those:
 DuckDB writes 122,880 rows per row group and Spark/Athena aim for 64-128 MB; about 128k rows

@@ -273,7 +273,12 @@ class Delivery:
 
 
 def deliver(content: FileContent, store: ObjectStore, key: str) -> Delivery:
-    """Write `content` to the object `key`, published only when complete."""
+    """Write `content` to the object `key`, published only when complete.
+
+    First removes what an earlier writer of the same key left when it was killed outright
+    (SIGKILL, OOM: no chance to abort), so orphans do not wait for a bucket lifecycle rule.
+    """
+    store.remove_orphans(key)
     headers = ObjectHeaders(content.content_type, key.rsplit("/")[-1])
     with store.open_writer(key, headers) as writer:
         written = content.write_to(writer)

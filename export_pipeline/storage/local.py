@@ -65,6 +65,14 @@ class LocalObjectStore(ObjectStore):
     def open_writer(self, key: str, headers: ObjectHeaders) -> ObjectWriter:
         return LocalObjectWriter(key, self.path(key), self.root)
 
+    def remove_orphans(self, key: str) -> int:
+        path = self.path(key)
+        removed = 0
+        for orphan in path.parent.glob(f".{path.name}.*.partial"):
+            orphan.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def uri(self, key: str) -> str:
         return str(self.path(key))
 

@@ -231,6 +231,21 @@ class S3ObjectStore(ObjectStore):
     def uri(self, key: str) -> str:
         return f"s3://{self.config.bucket}/{key}"
 
+    def remove_orphans(self, key: str) -> int:
+        """Abort the open multipart uploads of exactly `key` (a killed run's parts)."""
+        listing = self.client.list_multipart_uploads(Bucket=self.config.bucket, Prefix=key)
+        removed = 0
+        for upload in listing.get("Uploads", []):
+            if upload["Key"] != key:
+                continue
+            self.client.abort_multipart_upload(
+                Bucket=self.config.bucket, Key=key, UploadId=upload["UploadId"]
+            )
+            removed += 1
+        if removed:
+            logger.warning("aborted %s orphaned multipart upload(s) of %s", removed, self.uri(key))
+        return removed
+
     def size(self, key: str) -> int | None:
         try:
             head = self.client.head_object(Bucket=self.config.bucket, Key=key)

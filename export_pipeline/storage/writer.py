@@ -141,6 +141,13 @@ class ObjectStore(ABC):
     def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]:
         """A pyarrow filesystem over this store and the path that `key`s are relative to."""
 
+    def remove_orphans(self, key: str) -> int:
+        """Discard what a writer of `key` that died without aborting left behind (a killed
+        run's temporary file or open multipart upload); return how many. Called before a new
+        write of the same key: one writer per partition at a time is the instance's run limit.
+        """
+        return 0
+
     def download_link(self, key: str, ttl_seconds: int | None = None) -> DownloadLink | None:
         """A time-limited GET link, where the store has such a thing."""
         return None

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import hypothesis.strategies  # noqa: F401  (see below)
 import pytest
 
 from export_pipeline.demo.seed import seed_demo
@@ -17,9 +16,6 @@ from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore, m
 from export_pipeline_tests.services import postgres_server, s3_server, scratch_database
 from export_pipeline_tests.sigv4_proxy import Faults, sigv4_proxy
 
-# hypothesis.strategies is imported up front: imported late (by hypothesis's own pytest plugin
-# during the terminal summary of a run without property tests), CPython 3.11.7's parser can
-# fail with "AST constructor recursion depth mismatch" under pytest's assertion rewriting.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_ROWS = 20_000
 DEMO_CUSTOMERS = 5

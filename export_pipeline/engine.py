@@ -224,7 +224,8 @@ def partition_stream(
     )
 
 
-def partition_key(store: ObjectStore, dataset: str, customer: str, month: Month, ext: str) -> str:
+def export_key(store: ObjectStore, dataset: str, customer: str, month: Month, ext: str) -> str:
+    """The object key of one customer-month of `dataset` with file extension `ext`."""
     return object_key(store.prefix, customer, month, dataset, ext)
 
 
@@ -236,7 +237,7 @@ def publish(
     The object appears under its key only once complete (see `storage.writer`).
     """
     started = time.perf_counter()
-    key = partition_key(store, dataset, customer, month, content.extension)
+    key = export_key(store, dataset, customer, month, content.extension)
     delivery = deliver(content, store, key)
     return ExportResult(
         dataset=dataset,

@@ -19,7 +19,7 @@ import dagster as dg
 
 from export_pipeline.errors import ExportError
 from export_pipeline.io_managers.exports import EXPORTS_IO_MANAGER_KEY, ExportFiles
-from export_pipeline.io_managers.metadata import plain_values
+from export_pipeline.io_managers.metadata import latest_metadata, plain_values
 from export_pipeline.partitions import CUSTOMER_DIMENSION, MONTH_DIMENSION, split_partition_key
 from export_pipeline.spec import DatasetSpec
 from export_pipeline.storage.files import StoredFile
@@ -182,17 +182,6 @@ def evaluate(
             previous,
         )
     return {name: verdict for name, verdict in verdicts.items() if name in selected}
-
-
-def latest_metadata(
-    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str
-) -> dict[str, Any] | None:
-    """The plain metadata of the partition's latest materialization, or None."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
-    ).records
-    event = records[0].asset_materialization if records else None
-    return None if event is None else plain_values(event.metadata)
 
 
 def recorded_columns(recorded: Mapping[str, Any]) -> Columns | None:

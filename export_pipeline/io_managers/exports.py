@@ -21,11 +21,11 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from export_pipeline.engine import ExportResult, FileContent, partition_key, publish
+from export_pipeline.engine import ExportResult, FileContent, export_key, publish
 from export_pipeline.errors import ExportError
 from export_pipeline.formats.naming import extension
 from export_pipeline.io_managers.failures import export_failure
-from export_pipeline.io_managers.metadata import materialization_metadata, plain_values
+from export_pipeline.io_managers.metadata import latest_metadata, materialization_metadata
 from export_pipeline.partitions import Month, split_partition_key
 from export_pipeline.resources.s3 import ExportS3Resource
 from export_pipeline.spec import Compression, Format
@@ -54,7 +54,7 @@ class ExportFiles:
         """The file a materialization recorded, checked to still be there at that size."""
         fmt = Format(recorded["format"])
         compression = Compression(recorded["compression"])
-        key = partition_key(self.store, dataset, customer, month, extension(fmt, compression))
+        key = export_key(self.store, dataset, customer, month, extension(fmt, compression))
         uri = self.store.uri(key)
         if recorded["uri"] != uri:
             raise StoredFileError(
@@ -124,20 +124,15 @@ class ExportIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> StoredFile:
         asset_key = context.asset_key
         partition = context.asset_partition_key
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
-        ).records
-        event = records[0].asset_materialization if records else None
-        if event is None:
+        recorded = latest_metadata(context.instance, asset_key, partition)
+        if recorded is None:
             raise dg.Failure(
                 description=f"{asset_key.to_user_string()} {partition} has not been "
                 "materialized yet: nothing to load"
             )
         try:
             customer, month = split_partition_key(partition)
-            return self.files().handle(
-                asset_key.path[-1], customer, month, plain_values(event.metadata)
-            )
+            return self.files().handle(asset_key.path[-1], customer, month, recorded)
         except ExportError as exc:
             what = f"loading {asset_key.to_user_string()} {partition}"
             raise export_failure(what, exc) from exc
@@ -186,4 +181,5 @@ class S3ExportIOManager(ExportIOManager):
             part_size=self.part_size_bytes,
             max_concurrency=self.max_concurrency,
         )
-        return S3ObjectStore(config, client=self.s3.get_client(), session=self.s3.session())
+        client = self.s3.client(min_pool_connections=2 * self.max_concurrency)
+        return S3ObjectStore(config, client=client, session=self.s3.session())

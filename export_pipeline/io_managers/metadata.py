@@ -48,3 +48,14 @@ def materialization_metadata(
 def plain_values(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """Recorded metadata as plain Python values (MetadataValue.value where wrapped)."""
     return {k: getattr(v, "value", v) for k, v in metadata.items()}
+
+
+def latest_metadata(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str
+) -> dict[str, Any] | None:
+    """The plain metadata of the partition's latest materialization, or None."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
+    ).records
+    event = records[0].asset_materialization if records else None
+    return None if event is None else plain_values(event.metadata)

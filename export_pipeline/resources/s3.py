@@ -38,6 +38,11 @@ class ExportS3Resource(S3Resource):
         )
 
     def get_client(self) -> Any:
+        return self.client()
+
+    def client(self, min_pool_connections: int = 0) -> Any:
+        """The S3 client, with at least `min_pool_connections` pooled HTTP connections (an
+        upload with N parts in flight needs N)."""
         if self.use_unsigned_session:
             raise StorageConfigError(
                 "use_unsigned_session cannot be used for exports: uploads and download links "
@@ -49,5 +54,9 @@ class ExportS3Resource(S3Resource):
             region_name=self.region_name or None,
             use_ssl=self.use_ssl,
             verify=self.verify,
-            config=client_config(self.endpoint_url, self.max_pool_connections, self.max_attempts),
+            config=client_config(
+                self.endpoint_url,
+                max(self.max_pool_connections, min_pool_connections),
+                self.max_attempts,
+            ),
         )

@@ -51,12 +51,18 @@ def test_ecs_config_loads_with_the_ecs_run_launcher(
     tmp_path: Path, scratch_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dagster_aws.ecs import EcsRunLauncher
+    from dagster_aws.ecs.container_context import EcsContainerContext
 
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(ECS_CONFIG, home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_PG_URL", sqlalchemy_url(scratch_dsn))
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")  # boto3 clients need a region
+    # What the daemon's task definition sets; the launcher copies its env_vars from here.
+    daemon = json.loads((DEPLOY / "ecs" / "daemon.task-definition.json").read_text())
+    (container,) = daemon["containerDefinitions"]
+    for variable in container["environment"]:
+        monkeypatch.setenv(variable["name"], variable["value"])
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert "Postgres" in type(instance.run_storage).__name__
         launcher = instance.run_launcher
@@ -64,8 +70,13 @@ def test_ecs_config_loads_with_the_ecs_run_launcher(
         assert launcher.use_current_ecs_task_config
         assert launcher.container_name == "run"
         assert launcher.secrets_tags == ["export-pipeline"]
-        assert "EXPORT_S3_BUCKET" in launcher.env_vars
         assert not any(SECRET_NAMES.search(v) for v in launcher.env_vars), launcher.env_vars
+        # A run task's environment, as the launcher builds it for each launch (it raises for a
+        # listed variable the daemon does not have).
+        run_env = EcsContainerContext.create_for_run(
+            dg.DagsterRun(job_name="monthly_exports_job", run_id="r1"), launcher
+        ).get_environment_dict()
+        assert run_env["EXPORT_S3_BUCKET"] == "acme-customer-exports"
         assert launcher.supports_check_run_worker_health
         assert_documented_limits(instance)
         assert_pool_enforced(instance)

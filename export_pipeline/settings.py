@@ -28,7 +28,11 @@ from export_pipeline.resources.source import PostgresSourceResource
 from export_pipeline.resources.state import ExportStateResource
 from export_pipeline.storage.keys import StorageConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# The defaults shipped inside the package (package data). In a checkout the files there are
+# symlinks to the repository's own `exports.yaml` and `deploy/dagster.yaml`, so editing those is
+# enough; a wheel or image carries copies of them as they were when it was built.
+DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
+DEFAULT_SPEC = DEFAULTS_DIR / "exports.yaml"
 
 SOURCE_DSN = "EXPORT_SOURCE_DSN"
 SPEC = "EXPORT_SPEC"
@@ -45,10 +49,11 @@ ALERT_WEBHOOK_SECRET = "EXPORT_ALERT_WEBHOOK_SECRET"
 
 
 def spec_path(env: Mapping[str, str] | None = None) -> Path:
-    """EXPORT_SPEC, or `exports.yaml` at the repository root."""
+    """EXPORT_SPEC, else the default spec: `exports.yaml` at the repository root in a checkout,
+    the copy shipped in the package (export_pipeline/defaults/exports.yaml) in a wheel or image."""
     env = os.environ if env is None else env
     value = env.get(SPEC, "").strip()
-    return Path(value).expanduser() if value else REPO_ROOT / "exports.yaml"
+    return Path(value).expanduser() if value else DEFAULT_SPEC.resolve()
 
 
 @dataclass(frozen=True)

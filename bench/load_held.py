@@ -19,6 +19,7 @@ transaction is quick. Goal: throughput >= 95% of the baseline, p95 <= 2x, no fai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -53,6 +54,7 @@ class PgbenchRun:
     failed: int
     transactions: int
     exports_done: int = 0
+    export_mib: float = 0.0  # bytes of the finished exports, in MiB
 
 
 def with_db(dsn: str, dbname: str) -> str:
@@ -182,15 +184,15 @@ def start_exports(
     return procs
 
 
-def stop_exports(procs: list[subprocess.Popen]) -> int:
-    """Stop the workers (SIGTERM, as a cancelled run); the number of exports they finished."""
-    done = 0
+def stop_exports(procs: list[subprocess.Popen]) -> tuple[int, float]:
+    """Stop the workers (SIGTERM, as a cancelled run); exports finished and their MiB."""
+    finished = []
     for proc in procs:
         proc.terminate()
     for proc in procs:
         out, _ = proc.communicate(timeout=60)
-        done += sum(1 for line in out.splitlines() if line.startswith("{"))
-    return done
+        finished += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return len(finished), sum(f["bytes"] for f in finished) / 1024 / 1024
 
 
 def throttled_store(out: str, limit_mib: float) -> Any:
@@ -250,7 +252,11 @@ def worker(customer: int, dsn: str, fmt: str, out: str, limit_mib: float) -> Non
             compression,
             name="load_held",
         )
-        line = {"rows": delivery.rows, "seconds": round(time.perf_counter() - started, 2)}
+        line = {
+            "rows": delivery.rows,
+            "bytes": delivery.stored.size_bytes,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
 
@@ -259,12 +265,15 @@ def _log(message: str) -> None:
     sys.stderr.write(f"[load_held {time.strftime('%H:%M:%S')}] {message}\n")
 
 
-def report(capacity: PgbenchRun, baseline: PgbenchRun, loaded: list[PgbenchRun]) -> str:
+def report(
+    capacity: PgbenchRun, baseline: PgbenchRun, loaded: list[PgbenchRun], seconds: int
+) -> str:
     lines = [
         f"capacity (unthrottled): {capacity.tps:.0f} tps; target rate {capacity.tps / 2:.0f} tps",
         "",
-        "| run | tps | kept | p50 ms | p95 ms | p95 vs baseline | failed | exports done | goal |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| run | tps | kept | p50 ms | p95 ms | p95 vs baseline | failed | exports done "
+        "| export MiB/s | goal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for run in [baseline, *loaded]:
         kept = run.tps / baseline.tps if baseline.tps else 0.0
@@ -272,7 +281,7 @@ def report(capacity: PgbenchRun, baseline: PgbenchRun, loaded: list[PgbenchRun])
         met = kept >= GOAL_TPS_KEPT and ratio <= GOAL_P95_RATIO and run.failed == 0
         lines.append(
             f"| {run.label} | {run.tps:.0f} | {kept:.1%} | {run.p50_ms:.1f} | {run.p95_ms:.1f} | "
-            f"{ratio:.2f}x | {run.failed} | {run.exports_done} | "
+            f"{ratio:.2f}x | {run.failed} | {run.exports_done} | {run.export_mib / seconds:.1f} | "
             f"{'met' if met else 'MISSED'} |"
         )
     return "\n".join(lines)
@@ -288,7 +297,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument(
         "--exports",
-        default="4,2,4@4",
+        default="4,2,4@4,4@2",
         help="loaded runs: export processes each, optionally @MiB/s read limit per export",
     )
     parser.add_argument("--format", default="csv", choices=["csv", "jsonl", "parquet"])
@@ -319,12 +328,8 @@ def main() -> None:
             try:
                 run = pgbench(pgbench_dsn, label, args.seconds, args.clients, rate, workdir)
             finally:
-                done = stop_exports(procs)
-            loaded.append(
-                PgbenchRun(
-                    run.label, run.tps, run.p50_ms, run.p95_ms, run.failed, run.transactions, done
-                )
-            )
+                done, mib = stop_exports(procs)
+            loaded.append(dataclasses.replace(run, exports_done=done, export_mib=mib))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     load = os.getloadavg()
@@ -333,7 +338,7 @@ def main() -> None:
         f"exports of {args.rows:,} events rows as {args.format}; {os.cpu_count()} cores, "
         f"load average {load[0]:.1f}\n\n"
     )
-    sys.stdout.write(report(capacity, baseline, loaded) + "\n")
+    sys.stdout.write(report(capacity, baseline, loaded, args.seconds) + "\n")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ S3_PREFIX = "EXPORT_S3_PREFIX"
 S3_ENDPOINT_URL = "EXPORT_S3_ENDPOINT_URL"
 STORAGE_DIR = "EXPORT_STORAGE_DIR"
 LINK_TTL_SECONDS = "EXPORT_LINK_TTL_SECONDS"
+RECORD_DOWNLOAD_LINKS = "EXPORT_RECORD_DOWNLOAD_LINKS"
 SCHEDULE_HOUR = "EXPORT_SCHEDULE_HOUR"
 SCHEDULE_TIMEZONE = "EXPORT_SCHEDULE_TIMEZONE"
 STATE_DSN = "EXPORT_STATE_DSN"
@@ -112,6 +113,7 @@ def exports_io_manager(env: Mapping[str, str]) -> S3ExportIOManager | LocalExpor
         )
     common: dict[str, Any] = {"prefix": dg.EnvVar(S3_PREFIX)} if env.get(S3_PREFIX) else {}
     if local_dir:
+        record_download_links(env)  # validated everywhere; local files have no links
         return LocalExportIOManager(base_dir=dg.EnvVar(STORAGE_DIR), **common)
     s3: dict[str, Any] = {}
     if env.get(S3_ENDPOINT_URL):
@@ -123,7 +125,25 @@ def exports_io_manager(env: Mapping[str, str]) -> S3ExportIOManager | LocalExpor
         s3["region_name"] = dg.EnvVar(region)
     if env.get(LINK_TTL_SECONDS):
         common["link_ttl_seconds"] = dg.EnvVar.int(LINK_TTL_SECONDS)
+    record_links = record_download_links(env)
+    if record_links is not None:
+        common["record_download_links"] = record_links
     return S3ExportIOManager(s3=ExportS3Resource(**s3), bucket=dg.EnvVar(S3_BUCKET), **common)
+
+
+def record_download_links(env: Mapping[str, str]) -> bool | None:
+    """EXPORT_RECORD_DOWNLOAD_LINKS: true (the default) or false; None when unset."""
+    text = env.get(RECORD_DOWNLOAD_LINKS, "").strip().lower()
+    if not text:
+        return None
+    if text in {"true", "1", "yes", "on"}:
+        return True
+    if text in {"false", "0", "no", "off"}:
+        return False
+    raise SettingsError(
+        f"{RECORD_DOWNLOAD_LINKS} must be true or false, got {text!r} (false keeps presigned "
+        "links out of the materialization metadata; see SECURITY.md)"
+    )
 
 
 def state_resources(env: Mapping[str, str]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 reader over a real event log."""
 
 import hashlib
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -76,3 +77,78 @@ def test_progress_reader_takes_the_latest_progress_event_of_any_type() -> None:
     assert state.steps == {"orders": "done", "events": "done"}
     assert state.materialized["orders"]["sha256"] == "abc"
     assert state.materialized["events"]["dagster/row_count"] == 7
+
+
+def test_console_script_is_declared_and_resolves() -> None:
+    """pyproject's [project.scripts] names main(); an install creates `export-pipeline`."""
+    import importlib
+    import tomllib
+
+    from export_pipeline_tests.cli.conftest import REPO_ROOT
+
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, function = scripts["export-pipeline"].partition(":")
+    main = getattr(importlib.import_module(module), function)
+    with pytest.raises(SystemExit) as usage:
+        main(["run"])
+    assert usage.value.code == 2
+    assert main(["status", "--month", "2025-13"]) == 2  # a usage error, before any instance
+
+
+def _runs_in_flight(home: Path) -> None:
+    """Customer 3, March 2025: a run of orders not started yet (QUEUED needs a code location's
+    origin; NOT_STARTED shows the same way); a started run of events that has
+    reported progress as an engine event (the reader accepts any event type)."""
+    from dagster._core.events import EngineEventData
+
+    keys = {name: dg.AssetKey(["exports", name]) for name in ("events", "orders", "invoices")}
+
+    def stub(key: dg.AssetKey) -> dg.AssetsDefinition:
+        @dg.asset(key=key)
+        def _stub() -> None:
+            return None
+
+        return _stub
+
+    job = dg.Definitions(
+        assets=[stub(k) for k in keys.values()],
+        jobs=[dg.define_asset_job("exports_job")],
+    ).resolve_job_def("exports_job")
+    tags = {"dagster/partition": "3|2025-03-01"}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.create_run_for_job(
+            job, status=dg.DagsterRunStatus.NOT_STARTED, tags=tags, asset_selection={keys["orders"]}
+        )
+        running = instance.create_run_for_job(
+            job, status=dg.DagsterRunStatus.STARTED, tags=tags, asset_selection={keys["events"]}
+        )
+        for rows in (1_000, 4_000):
+            instance.report_engine_event(
+                "progress",
+                running,
+                EngineEventData(
+                    metadata={
+                        "progress_rows": rows,
+                        "progress_rows_per_second": 2000.0,
+                        "progress_dataset": "events",
+                    }
+                ),
+                step_key="exports__events",
+            )
+
+
+@pytest.mark.slow
+def test_status_shows_queued_and_running_with_progress(tmp_path: Path, demo_dsn: str) -> None:
+    cli = make_cli(tmp_path, ["3"], EXPORT_SOURCE_DSN=demo_dsn, EXPORT_STORAGE_DIR=str(tmp_path))
+    _runs_in_flight(cli.home)
+    proc = cli("status", "3", "--month", "2025-03", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["dataset"]: r for r in json.loads(proc.stdout)}
+    assert {name: r["state"] for name, r in rows.items()} == {
+        "events": "running",
+        "orders": "queued",
+        "invoices": "never run",
+    }
+    assert rows["events"]["progress_rows"] == 4_000
+    assert rows["events"]["progress"] == "4,000 rows, 2,000 rows/s"
+    assert "progress" not in rows["orders"]

@@ -102,6 +102,7 @@ class RunProgress:
     progress: dict[str, Progress] = field(default_factory=dict)
     materialized: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    run_error: str | None = None  # the run's failure message (e.g. before any step started)
 
     def read(self, instance: dg.DagsterInstance) -> None:
         """Read the records added since the last call."""
@@ -122,6 +123,8 @@ class RunProgress:
                 self.progress[str(dataset)] = Progress.from_metadata(metadata)
         if event is None:
             return
+        if event.event_type == dg.DagsterEventType.RUN_FAILURE:
+            self.run_error = event.message or entry.user_message
         dataset = dataset_of_step(event.step_key)
         if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
             key = event.asset_key

@@ -11,6 +11,7 @@ end it prints what each dataset delivered, read back from the run's materializat
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ from export_pipeline.cli.common import (
 )
 from export_pipeline.cli.output import human_bytes, print_json, print_table, stderr_console
 from export_pipeline.cli.progress import RunProgress
+from export_pipeline.settings import exports_io_manager
 
 PARTITION_TAG = "dagster/partition"
 POLL_SECONDS = 0.5
@@ -69,6 +71,7 @@ def command(args: argparse.Namespace) -> int:
     spec = read_spec()
     month = check_month(spec, parse_month(args.month))
     datasets = check_datasets(spec, args.datasets)
+    exports_io_manager(os.environ)  # storage must be configured, or the code cannot load
     with open_instance() as instance:
         target = Target(check_customer(instance, args.customer), month, datasets)
         run, state = execute(instance, target, verbose=args.verbose)
@@ -93,11 +96,11 @@ def command(args: argparse.Namespace) -> int:
             ],
         )
     if run.status != dg.DagsterRunStatus.SUCCESS or any(r["status"] != "done" for r in rows):
-        failed = [f"{r['dataset']}: {r.get('error') or r['status']}" for r in rows]
-        failed = [f for f, r in zip(failed, rows, strict=True) if r["status"] != "done"]
+        errors = [f"{r['dataset']}: {r['error']}" for r in rows if r.get("error")]
+        if not errors:
+            errors = [first_line(state.run_error) or "no step reported an error"]
         raise CliError(
-            f"{target.partition_key}: run {run.run_id} {run.status.value}"
-            + (f"; {'; '.join(failed)}" if failed else "")
+            f"{target.partition_key}: run {run.run_id} {run.status.value}; {'; '.join(errors)}"
         )
     return EXIT_OK
 

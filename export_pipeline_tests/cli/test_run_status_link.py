@@ -174,3 +174,11 @@ def test_verbose_keeps_the_cause(s3_cli: Cli) -> None:
     assert proc.returncode == 2
     assert "Traceback" in proc.stderr and "CliError" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("export-pipeline link: --ttl must be")
+
+
+def test_run_without_storage_fails_before_starting_anything(s3_cli: Cli) -> None:
+    proc = s3_cli("run", "3", "2025-04", env={"EXPORT_S3_BUCKET": ""})
+    assert proc.returncode == 1
+    assert "no export storage configured" in one_line(proc.stderr)
+    with s3_cli.instance() as instance:
+        assert not instance.get_runs(dg.RunsFilter(tags={"dagster/partition": "3|2025-04-01"}))

@@ -9,6 +9,7 @@ something newer is queued, running, or failed after it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Any
 
@@ -31,7 +32,13 @@ from export_pipeline.cli.output import human_bytes, print_json, print_table, whe
 from export_pipeline.cli.progress import RunProgress, latest_progress
 from export_pipeline.defs.runs import PARTITION_TAG, run_datasets
 from export_pipeline.io_managers.metadata import plain_values
-from export_pipeline.partitions import month_of, months_between
+from export_pipeline.partitions import (
+    CUSTOMER_DIMENSION,
+    Month,
+    PartitionKeyError,
+    month_of,
+    months_between,
+)
 
 NEVER_RUN = "never run"
 _IN_PROGRESS = {
@@ -78,14 +85,18 @@ def command(args: argparse.Namespace) -> int:
             if args.customer
             else sorted(known_customers(instance))
         )
+        cells = [Target(c, m, datasets) for c in customers for m in months]
+        if month is None:  # only the cells something happened to: a few queries, not per cell
+            active = active_partitions(instance, datasets, customers)
+            cells = [t for t in cells if t.partition_key in active or t.month in active]
         rows: list[dict[str, Any]] = []
-        for customer in customers:
-            for m in months:
-                rows.extend(partition_status(instance, Target(customer, m, datasets)))
+        for target in cells:
+            rows.extend(partition_status(instance, target))
     hidden = 0
     if month is None:
-        hidden = sum(1 for r in rows if r["state"] == NEVER_RUN)
-        rows = [r for r in rows if r["state"] != NEVER_RUN]
+        listed = [r for r in rows if r["state"] != NEVER_RUN]
+        hidden = len(customers) * len(months) * len(datasets) - len(listed)
+        rows = listed
     if hidden:
         sys.stderr.write(
             f"{hidden} customer-month dataset(s) never run, not listed (give --month to see them)\n"
@@ -112,6 +123,27 @@ def command(args: argparse.Namespace) -> int:
         ],
     )
     return EXIT_OK
+
+
+def active_partitions(
+    instance: dg.DagsterInstance, datasets: list[str], customers: list[str]
+) -> set[Any]:
+    """Partition keys with a materialization or a run, and months with a monthly run in
+    progress: every other cell is `never run`."""
+    active: set[Any] = set()
+    for dataset in datasets:
+        active |= instance.get_materialized_partitions(asset_key(dataset))
+    for customer in customers:
+        tag = {f"{PARTITION_TAG}/{CUSTOMER_DIMENSION}": customer}
+        for run in instance.get_run_records(dg.RunsFilter(tags=tag)):
+            active.add(run.dagster_run.tags.get(PARTITION_TAG))
+    monthly = instance.get_run_records(dg.RunsFilter(statuses=list(_IN_PROGRESS)))
+    for record in monthly:
+        key = record.dagster_run.tags.get(PARTITION_TAG, "")
+        if key and "|" not in key:
+            with contextlib.suppress(PartitionKeyError):
+                active.add(Month.parse(key))
+    return active
 
 
 def partition_status(instance: dg.DagsterInstance, target: Target) -> list[dict[str, Any]]:

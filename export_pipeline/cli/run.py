@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,8 @@ from export_pipeline.settings import exports_io_manager
 
 PARTITION_TAG = "dagster/partition"
 POLL_SECONDS = 0.5
+STOP_SECONDS = 60.0  # after Ctrl-C, the child's time to end the run before SIGKILL
+EXIT_INTERRUPTED = 130
 FIND_RUN_SECONDS = 120.0  # the child must have created its run by then (it loads the code first)
 
 
@@ -131,22 +134,52 @@ def execute(
     with tempfile.TemporaryDirectory(prefix="export-pipeline-run-") as tmp:
         log_path = Path(tmp) / "dagster.log"
         with log_path.open("wb") as log:
-            child = subprocess.Popen(materialize_command(target), stdout=log, stderr=log)
+            # its own session: a Ctrl-C reaches this process only, which stops the child once
+            child = subprocess.Popen(
+                materialize_command(target), stdout=log, stderr=log, start_new_session=True
+            )
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             run, state = follow(instance, target, child, before, started)
-        except BaseException:
-            if child.poll() is None:
-                child.terminate()
-                child.wait(timeout=60)
-            raise
-        if run is None or verbose:
-            sys.stderr.write(log_path.read_text(errors="replace")[-20_000:])
+        except KeyboardInterrupt:
+            stop(child)
+            run_id = find_new_run(instance, target, before, started)
+            run = instance.get_run_by_id(run_id) if run_id else None
+            raise CliError(
+                f"interrupted; run {run.run_id} {run.status.value}"
+                if run is not None
+                else "interrupted before the run started",
+                EXIT_INTERRUPTED,
+            ) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if child.poll() is None:  # an unexpected error here: leave no export behind
+                stop(child)
+            if verbose:
+                sys.stderr.write(log_path.read_text(errors="replace")[-20_000:])
     if run is None:
         raise CliError(
             f"{target.partition_key}: `dagster asset materialize` exited with "
             f"{child.returncode} before starting a run (rerun with --verbose for its output)"
         )
     return run, state
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop(child: subprocess.Popen[bytes]) -> None:
+    """SIGINT, as a Ctrl-C would: Dagster ends the run and records it; SIGKILL to the child's
+    process group (its step processes too) if it has not exited after STOP_SECONDS."""
+    if child.poll() is not None:
+        return
+    child.send_signal(signal.SIGINT)
+    try:
+        child.wait(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
 
 
 def follow(

@@ -1,4 +1,4 @@
-"""Ctrl-C on `run`: a real SIGINT to the command while its export is in progress."""
+"""Ctrl-C or SIGTERM on `run`: a real signal to the command while its export is in progress."""
 
 import os
 import signal
@@ -40,7 +40,10 @@ def _processes_with(text: str) -> list[int]:
     return found
 
 
-def test_sigint_stops_the_export_and_exits_130(tmp_path: Path, demo_dsn: str) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_export_and_exits_130(
+    tmp_path: Path, demo_dsn: str, signum: signal.Signals
+) -> None:
     spec = tmp_path / "exports.yaml"
     spec.write_text((REPO_ROOT / "exports.yaml").read_text() + SLOW_DATASET)
     cli = make_cli(
@@ -70,7 +73,7 @@ def test_sigint_stops_the_export_and_exits_130(tmp_path: Path, demo_dsn: str) ->
                     if starts:
                         run_id = run.run_id
                 time.sleep(0.2)
-            os.kill(proc.pid, signal.SIGINT)
+            os.kill(proc.pid, signum)
             _out, err = proc.communicate(timeout=180)
             assert proc.returncode == 130, err
             assert one_line(err).startswith(f"export-pipeline run: interrupted; run {run_id} ")

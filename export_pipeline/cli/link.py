@@ -1,10 +1,10 @@
 """`export-pipeline link CUSTOMER MONTH DATASET [--ttl SECONDS]`: a fresh download link for a
 finished export, signed now, without exporting again.
 
-The latest materialization of the partition says which file was delivered; the configured
-store (EXPORT_* variables, as the code location builds it) checks the object is still there at
-the recorded size and presigns a GET. Local storage has no links: the file's path is printed
-instead (exit 0), with a note on stderr.
+The latest materialization of the partition says which file was delivered; the export IO
+manager configured by the EXPORT_* variables (as the code location builds it) checks the object
+is still there at the recorded size and presigns a GET (`io_managers/links.sign_download_link`).
+Local storage has no links: the file's path is printed instead (exit 0), with a note on stderr.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,7 +33,8 @@ from export_pipeline.cli.common import (
     read_spec,
 )
 from export_pipeline.cli.output import print_json
-from export_pipeline.io_managers.exports import ExportFiles, ExportIOManager
+from export_pipeline.io_managers.exports import EXPORTS_IO_MANAGER_KEY, LocalExportIOManager
+from export_pipeline.io_managers.links import configured_io_manager, sign_download_link
 from export_pipeline.io_managers.metadata import latest_metadata
 from export_pipeline.settings import exports_io_manager
 from export_pipeline.storage.s3 import MAX_LINK_TTL_SECONDS
@@ -108,27 +107,19 @@ def command(args: argparse.Namespace) -> int:
 def fresh_link(
     instance: dg.DagsterInstance, target: Target, dataset: str, ttl_seconds: int | None
 ) -> FreshLink:
-    """Sign a link for the partition's latest delivered file of `dataset`."""
-    recorded = latest_metadata(instance, asset_key(dataset), target.partition_key)
+    """Sign a link for the partition's latest delivered file of `dataset` (io_managers/links)."""
+    key, partition = asset_key(dataset), target.partition_key
+    recorded = latest_metadata(instance, key, partition)
     if recorded is None:
         raise CliError(
             f"no finished export of {dataset} for {target.customer} {target.month}: "
             f"run `export-pipeline run {target.customer} {target.month} --dataset {dataset}`",
             EXIT_NOT_FOUND,
         )
-    with export_files() as files:
-        stored = files.handle(dataset, target.customer, target.month, recorded)
-        # StoredFile.presign, without its error for local files: those get their path
-        signed = files.store.download_link(stored.key, ttl_seconds)
-    if signed is None:
-        return FreshLink(stored.uri, None, None)
-    return FreshLink(stored.uri, signed.url, signed.expires_at)
-
-
-@contextmanager
-def export_files() -> Iterator[ExportFiles]:
-    """The configured store, built from the EXPORT_* variables as the code location does."""
-    manager = exports_io_manager(os.environ)
-    with dg.build_resources({"exports": manager}) as resources:
-        resolved: ExportIOManager = resources.exports
-        yield resolved.files()
+    manager_def = exports_io_manager(os.environ)
+    with configured_io_manager({EXPORTS_IO_MANAGER_KEY: manager_def}) as manager:
+        if isinstance(manager, LocalExportIOManager):  # no links: the checked file's path
+            stored = manager.files().handle(dataset, target.customer, target.month, recorded)
+            return FreshLink(stored.uri, None, None)
+        link = sign_download_link(manager, instance, key, partition, ttl_seconds)
+    return FreshLink(str(recorded["uri"]), link.url, link.expires_at)

@@ -149,15 +149,21 @@ def ensure_databases(server_dsn: str, names: Sequence[str]) -> None:
             logger.info("created database %r", name)
 
 
-def register_customers(source_dsn: str) -> None:
-    """Add every customer of the source as a `customers` partition (as the sensor would)."""
+def register_customers(
+    source_dsn: str, instance: dg.DagsterInstance | None = None
+) -> tuple[list[str], list[str]]:
+    """Add every customer of the source as a `customers` partition (as the sensor would), in
+    `instance` (default: the one in .local/); returns (every usable key, the new ones)."""
     spec = load_spec(spec_path())
     keys = list_customers(SourceConfig(source_dsn), spec.customers)
-    with dg.DagsterInstance.from_config(str(DAGSTER_HOME)) as instance:
+    with contextlib.ExitStack() as stack:
+        if instance is None:
+            instance = stack.enter_context(dg.DagsterInstance.from_config(str(DAGSTER_HOME)))
         valid, new = new_customer_keys(instance, keys, logger.warning)
         if new:
             instance.add_dynamic_partitions(CUSTOMERS_PARTITIONS_NAME, new)
     logger.info("%s customer partition(s) registered, %s new", len(valid), len(new))
+    return valid, new
 
 
 def export_lines(env: Mapping[str, str]) -> str:

@@ -20,6 +20,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from psycopg import sql
@@ -64,6 +65,17 @@ class ExportRequest:
     run_id: str | None = None
     uris: list[str] | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class ListedRequest(ExportRequest):
+    """A request with its times, as `list_requests` returns it."""
+
+    requested_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+STATUSES = ("pending", "queued", "running", "succeeded", "failed")
 
 
 def run_key_for(request_id: int) -> str:
@@ -116,6 +128,33 @@ def get_request(dsn: str, request_id: int) -> ExportRequest | None:
             .execute(query, (request_id,))
             .fetchone()
         )
+
+
+def list_requests(
+    dsn: str,
+    statuses: Sequence[str] | None = None,
+    customer: str | None = None,
+    limit: int = 50,
+) -> list[ListedRequest]:
+    """The newest requests first, optionally only those in `statuses` or of `customer`."""
+    for status in statuses or ():
+        if status not in STATUSES:
+            raise RequestError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+    conditions = [sql.SQL("TRUE")]
+    params: list[Any] = []
+    if statuses:
+        conditions.append(sql.SQL("status = ANY(%s)"))
+        params.append(list(statuses))
+    if customer is not None:
+        conditions.append(sql.SQL("customer = %s"))
+        params.append(customer)
+    query = sql.SQL(
+        "SELECT {}, requested_at, updated_at FROM export_requests WHERE {} "
+        "ORDER BY id DESC LIMIT %s"
+    ).format(_COLUMNS, sql.SQL(" AND ").join(conditions))
+    with connect(dsn) as conn:
+        cursor = conn.cursor(row_factory=class_row(ListedRequest))
+        return cursor.execute(query, (*params, limit)).fetchall()
 
 
 def claim_pending(

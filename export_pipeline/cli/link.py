@@ -1,0 +1,125 @@
+"""`export-pipeline link CUSTOMER MONTH DATASET [--ttl SECONDS]`: a fresh download link for a
+finished export, signed now, without exporting again.
+
+The latest materialization of the partition says which file was delivered; the export IO
+manager configured by the EXPORT_* variables (as the code location builds it) checks the object
+is still there at the recorded size and presigns a GET (`io_managers/links.sign_download_link`).
+Local storage has no links: the file's path is printed instead (exit 0), with a note on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import dagster as dg
+
+from export_pipeline.cli.common import (
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    Target,
+    asset_key,
+    check_customer,
+    check_datasets,
+    check_month,
+    open_instance,
+    parse_month,
+    read_spec,
+)
+from export_pipeline.cli.output import print_json
+from export_pipeline.io_managers.exports import EXPORTS_IO_MANAGER_KEY, LocalExportIOManager
+from export_pipeline.io_managers.links import configured_io_manager, sign_download_link
+from export_pipeline.io_managers.metadata import latest_metadata
+from export_pipeline.settings import exports_io_manager
+from export_pipeline.storage.s3 import MAX_LINK_TTL_SECONDS
+
+
+@dataclass(frozen=True)
+class FreshLink:
+    """A signed link (S3), or the file's path where storage is local (`url` None)."""
+
+    uri: str
+    url: str | None
+    expires_at: datetime | None
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "link",
+        help="sign a fresh download link for a finished export",
+        description="Sign a fresh presigned GET link for the latest delivered file of a "
+        "customer-month dataset, without exporting again. With local storage, print the "
+        "file's path instead.",
+        epilog="examples:\n"
+        "  export-pipeline link 3 2025-03 orders\n"
+        '  curl -fo orders.jsonl "$(export-pipeline link 3 2025-03 orders --ttl 600)"',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("customer")
+    parser.add_argument("month", help="YYYY-MM")
+    parser.add_argument("dataset")
+    parser.add_argument(
+        "--ttl",
+        type=int,
+        metavar="SECONDS",
+        help=f"lifetime, 1..{MAX_LINK_TTL_SECONDS} (default: EXPORT_LINK_TTL_SECONDS, else 7 days)",
+    )
+    parser.add_argument("--json", action="store_true", help="print uri, url and expiry as JSON")
+    parser.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    if args.ttl is not None and not 1 <= args.ttl <= MAX_LINK_TTL_SECONDS:
+        raise CliError(
+            f"--ttl must be between 1 and {MAX_LINK_TTL_SECONDS} seconds (7 days, the SigV4 "
+            f"maximum), got {args.ttl}",
+            EXIT_USAGE,
+        )
+    spec = read_spec()
+    month = check_month(spec, parse_month(args.month))
+    [dataset] = check_datasets(spec, [args.dataset])
+    with open_instance() as instance:
+        target = Target(check_customer(instance, args.customer), month, [dataset])
+        link = fresh_link(instance, target, dataset, args.ttl)
+    if args.json:
+        print_json(
+            {
+                "uri": link.uri,
+                "url": link.url,
+                "expires_at": link.expires_at.isoformat() if link.expires_at else None,
+            }
+        )
+    elif link.url is None:
+        sys.stderr.write("local storage has no download links; this is the file's path\n")
+        sys.stdout.write(f"{link.uri}\n")
+    else:
+        sys.stdout.write(f"{link.url}\n")
+        sys.stderr.write(f"expires {link.expires_at.isoformat() if link.expires_at else ''}\n")
+    return EXIT_OK
+
+
+def fresh_link(
+    instance: dg.DagsterInstance, target: Target, dataset: str, ttl_seconds: int | None
+) -> FreshLink:
+    """Sign a link for the partition's latest delivered file of `dataset` (io_managers/links)."""
+    key, partition = asset_key(dataset), target.partition_key
+    recorded = latest_metadata(instance, key, partition)
+    if recorded is None:
+        raise CliError(
+            f"no finished export of {dataset} for {target.customer} {target.month}: "
+            f"run `export-pipeline run {target.customer} {target.month} --dataset {dataset}`",
+            EXIT_NOT_FOUND,
+        )
+    manager_def = exports_io_manager(os.environ)
+    with configured_io_manager({EXPORTS_IO_MANAGER_KEY: manager_def}) as manager:
+        if isinstance(manager, LocalExportIOManager):  # no links: the checked file's path
+            stored = manager.files().handle(dataset, target.customer, target.month, recorded)
+            return FreshLink(stored.uri, None, None)
+        link = sign_download_link(manager, instance, key, partition, ttl_seconds)
+    return FreshLink(str(recorded["uri"]), link.url, link.expires_at)

@@ -37,6 +37,7 @@ S3_PREFIX = "EXPORT_S3_PREFIX"
 S3_ENDPOINT_URL = "EXPORT_S3_ENDPOINT_URL"
 STORAGE_DIR = "EXPORT_STORAGE_DIR"
 LINK_TTL_SECONDS = "EXPORT_LINK_TTL_SECONDS"
+S3_MAX_BUFFER_BYTES = "EXPORT_S3_MAX_BUFFER_BYTES"
 SCHEDULE_HOUR = "EXPORT_SCHEDULE_HOUR"
 SCHEDULE_TIMEZONE = "EXPORT_SCHEDULE_TIMEZONE"
 STATE_DSN = "EXPORT_STATE_DSN"
@@ -118,6 +119,8 @@ def exports_io_manager(env: Mapping[str, str]) -> S3ExportIOManager | LocalExpor
         s3["region_name"] = dg.EnvVar(region)
     if env.get(LINK_TTL_SECONDS):
         common["link_ttl_seconds"] = dg.EnvVar.int(LINK_TTL_SECONDS)
+    if env.get(S3_MAX_BUFFER_BYTES):
+        common["max_buffer_bytes"] = dg.EnvVar.int(S3_MAX_BUFFER_BYTES)
     return S3ExportIOManager(s3=ExportS3Resource(**s3), bucket=dg.EnvVar(S3_BUCKET), **common)
 
 

@@ -129,6 +129,10 @@ def make_s3_client(config: S3Config, session: boto3.session.Session | None = Non
     )
 
 
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
 class S3UploadError(ExportError):
     """An S3 request of an upload failed (after botocore's retries); names the object."""
 
@@ -156,9 +160,19 @@ class S3ObjectWriter(ObjectWriter):
             self.peak_buffered_bytes = held
 
     def _failed(self, action: str, exc: BaseException) -> S3UploadError:
+        uri = f"s3://{self._config.bucket}/{self.key}"
+        if isinstance(exc, ClientError) and _code(exc) == "NoSuchUpload":
+            # Someone aborted our upload: another writer of the same key (its remove_orphans
+            # took ours for a dead run's) or a lifecycle rule. Trying again can succeed.
+            return S3UploadError(
+                f"{uri}: {action} failed (transient): the multipart upload was aborted by "
+                "another writer of the same key (a concurrent export of this partition) or a "
+                f"bucket lifecycle rule: {exc}",
+                transient=True,
+            )
         transient = is_transient(exc)
         return S3UploadError(
-            f"s3://{self._config.bucket}/{self.key}: {action} failed "
+            f"{uri}: {action} failed "
             f"({'transient' if transient else 'permanent'}): {type(exc).__name__}: {exc}",
             transient=transient,
         )

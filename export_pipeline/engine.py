@@ -230,11 +230,17 @@ def export_key(store: ObjectStore, dataset: str, customer: str, month: Month, ex
 
 
 def publish(
-    content: FileContent, store: ObjectStore, dataset: str, customer: str, month: Month
+    content: FileContent,
+    store: ObjectStore,
+    dataset: str,
+    customer: str,
+    month: Month,
+    sign_link: bool = True,
 ) -> ExportResult:
     """Write `content` as the customer-month's object of `dataset`; return what was delivered.
 
-    The object appears under its key only once complete (see `storage.writer`).
+    The object appears under its key only once complete (see `storage.writer`). With
+    `sign_link` a presigned download link comes back too (S3 only; a bearer credential).
     """
     started = time.perf_counter()
     key = export_key(store, dataset, customer, month, content.extension)
@@ -249,7 +255,7 @@ def publish(
         stored=delivery.stored,
         columns=delivery.columns,
         duration_seconds=time.perf_counter() - started,
-        link=store.download_link(key),
+        link=store.download_link(key) if sign_link else None,
     )
 
 

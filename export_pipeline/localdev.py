@@ -4,9 +4,11 @@
     eval "$(python -m export_pipeline.localdev env)"  # the env of the running server only
     python -m export_pipeline.localdev down           # stop the server; data stays in .local/
 
-Everything lives under `.local/` at the repository root. `up` and `env` write only `export`
-lines to stdout, so `eval` can consume them; logs go to stderr. The server keeps running after
-`up` exits (scripts/dev.sh stops it with `down`). It listens only on a Unix socket, never TCP.
+Everything lives under `.local/` at the repository root (in the current directory when the
+package is installed from a wheel rather than run from a checkout). `up` and `env` write only
+`export` lines to stdout, so `eval` can consume them; logs go to stderr. The server keeps
+running after `up` exits (scripts/dev.sh stops it with `down`). It listens only on a Unix
+socket, never TCP.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from export_pipeline.engine import list_customers
 from export_pipeline.extract.connection import SourceConfig
 from export_pipeline.partitions import CUSTOMERS_PARTITIONS_NAME
 from export_pipeline.settings import (
-    REPO_ROOT,
+    DEFAULTS_DIR,
     S3_BUCKET,
     SOURCE_DSN,
     STATE_DSN,
@@ -45,12 +47,21 @@ from export_pipeline.settings import (
 )
 from export_pipeline.spec import load_spec
 
-LOCAL_DIR = REPO_ROOT / ".local"
+
+def project_dir() -> Path:
+    """The checkout this module runs from, or the current directory for an installed wheel."""
+    root = Path(__file__).resolve().parents[1]
+    checkout = (root / "pyproject.toml").is_file() and (root / "deploy" / "dagster.yaml").is_file()
+    return root if checkout else Path.cwd()
+
+
+LOCAL_DIR = project_dir() / ".local"
 PGDATA = LOCAL_DIR / "pg" / "data"
 DAGSTER_HOME = LOCAL_DIR / "dagster_home"
 LOCAL_STORAGE = LOCAL_DIR / "storage"
-# Postgres-backed instance config (the root dagster.yaml is the storage-less one for `dagster dev`)
-INSTANCE_CONFIG = REPO_ROOT / "deploy" / "dagster.yaml"
+# Postgres-backed instance config, deploy/dagster.yaml (the root dagster.yaml is the storage-less
+# one for `dagster dev`); defaults/dagster.yaml links to it in a checkout, is a copy in a wheel.
+INSTANCE_CONFIG = DEFAULTS_DIR / "dagster.yaml"
 SOURCE_DB = "demo"
 INSTANCE_DB = "dagster"
 STATE_DB = "export_state"  # the exporter's own tables (requests, failures): writable

@@ -28,7 +28,11 @@ from export_pipeline.resources.source import PostgresSourceResource
 from export_pipeline.resources.state import ExportStateResource
 from export_pipeline.storage.keys import StorageConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# The defaults shipped inside the package (package data). In a checkout the files there are
+# symlinks to the repository's own `exports.yaml` and `deploy/dagster.yaml`, so editing those is
+# enough; a wheel or image carries copies of them as they were when it was built.
+DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
+DEFAULT_SPEC = DEFAULTS_DIR / "exports.yaml"
 
 SOURCE_DSN = "EXPORT_SOURCE_DSN"
 SPEC = "EXPORT_SPEC"
@@ -38,6 +42,7 @@ S3_ENDPOINT_URL = "EXPORT_S3_ENDPOINT_URL"
 STORAGE_DIR = "EXPORT_STORAGE_DIR"
 LINK_TTL_SECONDS = "EXPORT_LINK_TTL_SECONDS"
 S3_MAX_BUFFER_BYTES = "EXPORT_S3_MAX_BUFFER_BYTES"
+RECORD_DOWNLOAD_LINKS = "EXPORT_RECORD_DOWNLOAD_LINKS"
 SCHEDULE_HOUR = "EXPORT_SCHEDULE_HOUR"
 SCHEDULE_TIMEZONE = "EXPORT_SCHEDULE_TIMEZONE"
 STATE_DSN = "EXPORT_STATE_DSN"
@@ -46,10 +51,11 @@ ALERT_WEBHOOK_SECRET = "EXPORT_ALERT_WEBHOOK_SECRET"
 
 
 def spec_path(env: Mapping[str, str] | None = None) -> Path:
-    """EXPORT_SPEC, or `exports.yaml` at the repository root."""
+    """EXPORT_SPEC, else the default spec: `exports.yaml` at the repository root in a checkout,
+    the copy shipped in the package (export_pipeline/defaults/exports.yaml) in a wheel or image."""
     env = os.environ if env is None else env
     value = env.get(SPEC, "").strip()
-    return Path(value).expanduser() if value else REPO_ROOT / "exports.yaml"
+    return Path(value).expanduser() if value else DEFAULT_SPEC.resolve()
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,7 @@ def exports_io_manager(env: Mapping[str, str]) -> S3ExportIOManager | LocalExpor
         )
     common: dict[str, Any] = {"prefix": dg.EnvVar(S3_PREFIX)} if env.get(S3_PREFIX) else {}
     if local_dir:
+        record_download_links(env)  # validated everywhere; local files have no links
         return LocalExportIOManager(base_dir=dg.EnvVar(STORAGE_DIR), **common)
     s3: dict[str, Any] = {}
     if env.get(S3_ENDPOINT_URL):
@@ -121,7 +128,25 @@ def exports_io_manager(env: Mapping[str, str]) -> S3ExportIOManager | LocalExpor
         common["link_ttl_seconds"] = dg.EnvVar.int(LINK_TTL_SECONDS)
     if env.get(S3_MAX_BUFFER_BYTES):
         common["max_buffer_bytes"] = dg.EnvVar.int(S3_MAX_BUFFER_BYTES)
+    record_links = record_download_links(env)
+    if record_links is not None:
+        common["record_download_links"] = record_links
     return S3ExportIOManager(s3=ExportS3Resource(**s3), bucket=dg.EnvVar(S3_BUCKET), **common)
+
+
+def record_download_links(env: Mapping[str, str]) -> bool | None:
+    """EXPORT_RECORD_DOWNLOAD_LINKS: true (the default) or false; None when unset."""
+    text = env.get(RECORD_DOWNLOAD_LINKS, "").strip().lower()
+    if not text:
+        return None
+    if text in {"true", "1", "yes", "on"}:
+        return True
+    if text in {"false", "0", "no", "off"}:
+        return False
+    raise SettingsError(
+        f"{RECORD_DOWNLOAD_LINKS} must be true or false, got {text!r} (false keeps presigned "
+        "links out of the materialization metadata; see SECURITY.md)"
+    )
 
 
 def state_resources(env: Mapping[str, str]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import hmac
 import http.client
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -76,8 +76,26 @@ def _hmac(key: bytes, text: str) -> bytes:
     return hmac.new(key, text.encode(), hashlib.sha256).digest()
 
 
-def verify(method: str, target: str, headers: dict[str, str], secrets: dict[str, str]) -> None:
-    """Raise SignatureError unless the request carries a valid SigV4 signature."""
+Clock = Callable[[], datetime]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def verify(
+    method: str,
+    target: str,
+    headers: dict[str, str],
+    secrets: Mapping[str, str],
+    clock: Clock = _now,
+    tokens: Mapping[str, str] | None = None,
+) -> None:
+    """Raise SignatureError unless the request carries a valid SigV4 signature.
+
+    Presigned URLs are also checked for expiry against `clock` (X-Amz-Date + X-Amz-Expires).
+    Keys in `tokens` are temporary: their session token must come with the request.
+    """
     split = urllib.parse.urlsplit(target)
     pairs = urllib.parse.parse_qsl(split.query, keep_blank_values=True)
     query = dict(pairs)
@@ -88,7 +106,7 @@ def verify(method: str, target: str, headers: dict[str, str], secrets: dict[str,
         credential, signed_names = query["X-Amz-Credential"], query["X-Amz-SignedHeaders"]
         amz_date, signature = query["X-Amz-Date"], query["X-Amz-Signature"]
         issued = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-        if datetime.now(UTC) > issued + timedelta(seconds=int(query["X-Amz-Expires"])):
+        if clock() > issued + timedelta(seconds=int(query["X-Amz-Expires"])):
             raise SignatureError("presigned URL has expired")
         pairs = [(k, v) for k, v in pairs if k != "X-Amz-Signature"]
         payload_hash = "UNSIGNED-PAYLOAD"
@@ -103,6 +121,10 @@ def verify(method: str, target: str, headers: dict[str, str], secrets: dict[str,
     key_id, day, region, service, terminal = credential.split("/")
     if key_id not in secrets or terminal != "aws4_request":
         raise SignatureError(f"unknown access key {key_id!r}")
+    if tokens and key_id in tokens:
+        sent = query.get("X-Amz-Security-Token") or lower.get("x-amz-security-token")
+        if sent is None or not hmac.compare_digest(sent, tokens[key_id]):
+            raise SignatureError(f"missing or wrong session token for {key_id!r}")
     canonical_query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(pairs))
     names = signed_names.split(";")
     canonical_headers = "".join(f"{n}:{' '.join(lower[n].split())}\n" for n in names)
@@ -122,7 +144,11 @@ def verify(method: str, target: str, headers: dict[str, str], secrets: dict[str,
 
 
 def _handler(
-    upstream: str, secrets: dict[str, str], faults: Faults | None
+    upstream: str,
+    secrets: Mapping[str, str],
+    faults: Faults | None,
+    clock: Clock,
+    tokens: Mapping[str, str] | None,
 ) -> type[BaseHTTPRequestHandler]:
     target = urllib.parse.urlsplit(upstream)
 
@@ -136,7 +162,7 @@ def _handler(
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             try:
-                verify(self.command, self.path, dict(self.headers.items()), secrets)
+                verify(self.command, self.path, dict(self.headers.items()), secrets, clock, tokens)
             except (SignatureError, KeyError, ValueError) as exc:
                 self._error(403, "SignatureDoesNotMatch", str(exc))
                 return
@@ -184,11 +210,17 @@ def _handler(
 
 @contextmanager
 def sigv4_proxy(
-    upstream: str, secrets: dict[str, str], faults: Faults | None = None
+    upstream: str,
+    secrets: Mapping[str, str],
+    faults: Faults | None = None,
+    clock: Clock = _now,
+    tokens: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
     """An endpoint URL that verifies signatures, then forwards to `upstream` (or answers with
-    an error that `faults` injects)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(upstream, secrets, faults))
+    an error that `faults` injects). `secrets` and `tokens` are read per request, so a test may
+    add temporary credentials after the proxy started; `clock` judges link expiry."""
+    handler = _handler(upstream, secrets, faults, clock, tokens)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -87,7 +88,40 @@ def redact_dsn(dsn: str) -> str:
         return "<unparseable dsn>"
     if "password" in params:
         params["password"] = "***"
-    return make_conninfo("", **params)
+    return redact_password(make_conninfo("", **params), dsn)
+
+
+def _password_pieces(dsn: str) -> list[str]:
+    """Every text that may be (part of) the password, longest first.
+
+    libpq's parse of the password, and, for a URI, what its author meant: everything between
+    the user's `:` and the last `@` of the authority. A password with an unencoded `@`, `/`,
+    `?` or `#` is split by libpq, and the rest lands in the host, port or database name, which
+    errors then echo ("failed to resolve host '<rest>@db'"): each piece is scrubbed too.
+    """
+    pieces: set[str] = set()
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        password = None
+    if password:
+        pieces.add(str(password))
+    scheme, sep, rest = dsn.partition("://")
+    if sep and scheme.lower() in {"postgres", "postgresql"} and "@" in rest:
+        userinfo = rest[: rest.rfind("@")]
+        if ":" in userinfo:
+            meant = userinfo.split(":", 1)[1]
+            for text in (meant, unquote(meant)):
+                pieces.add(text)
+                pieces.update(p for p in re.split(r"[@/?#:%]", text) if len(p) >= 3)
+    return sorted((p for p in pieces if p), key=len, reverse=True)
+
+
+def redact_password(message: str, dsn: str) -> str:
+    """`message` with the DSN's password, and every piece of it, replaced by `***`."""
+    for piece in _password_pieces(dsn):
+        message = message.replace(piece, "***")
+    return message
 
 
 @contextmanager
@@ -107,11 +141,5 @@ def connect(config: SourceConfig) -> Iterator[psycopg.Connection]:
 
 
 def _scrub(message: str, dsn: str) -> str:
-    """libpq errors can echo parts of the conninfo; strip the password if it appears."""
-    try:
-        password = conninfo_to_dict(dsn).get("password")
-    except psycopg.ProgrammingError:
-        password = None
-    if password:
-        message = message.replace(str(password), "***")
-    return f"cannot connect to the source database: {message.strip()}"
+    """libpq errors can echo parts of the conninfo; strip the password (and its pieces)."""
+    return f"cannot connect to the source database: {redact_password(message, dsn).strip()}"

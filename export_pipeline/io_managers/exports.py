@@ -45,13 +45,15 @@ EXPORTS_IO_MANAGER_KEY = "exports_io_manager"
 class ExportFiles:
     """Export files in one store, by dataset and customer-month. No Dagster here."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, record_links: bool = True) -> None:
         self.store = store
+        self.record_links = record_links
 
     def write(
         self, content: FileContent, dataset: str, customer: str, month: Month
     ) -> ExportResult:
-        return publish(content, self.store, dataset, customer, month)
+        """Publish `content`; the result carries a download link only if links are recorded."""
+        return publish(content, self.store, dataset, customer, month, self.record_links)
 
     def handle(
         self, dataset: str, customer: str, month: Month, recorded: Mapping[str, Any]
@@ -100,11 +102,14 @@ class ExportIOManager(dg.ConfigurableIOManager):
     @abstractmethod
     def _make_store(self) -> ObjectStore: ...
 
+    def _record_links(self) -> bool:
+        return False
+
     def files(self) -> ExportFiles:
         """The worker over this manager's store (the store and its client are made once)."""
         if self._store is None:
             self._store = self._make_store()
-        return ExportFiles(self._store)
+        return ExportFiles(self._store, self._record_links())
 
     def handle_output(self, context: dg.OutputContext, obj: FileContent) -> None:
         if not callable(getattr(obj, "write_to", None)):
@@ -170,6 +175,13 @@ class S3ExportIOManager(ExportIOManager):
         description="Lifetime of the presigned download link recorded with each file, "
         "at most 604800 (7 days) (EXPORT_LINK_TTL_SECONDS).",
     )
+    record_download_links: bool = Field(
+        default=True,
+        description="Record a presigned download link (a bearer credential) in each "
+        "materialization's metadata. False keeps links out of metadata and the event log; "
+        "uri and key are still recorded and a fresh link is signed on demand "
+        "(EXPORT_RECORD_DOWNLOAD_LINKS; SECURITY.md).",
+    )
     part_size_bytes: int = Field(
         default=DEFAULT_PART_SIZE,
         description="Size of the first multipart parts (at least 5 MiB); later parts grow.",
@@ -185,6 +197,9 @@ class S3ExportIOManager(ExportIOManager):
         "5 TiB is refused with the minimum (EXPORT_S3_MAX_BUFFER_BYTES).",
     )
 
+    def _record_links(self) -> bool:
+        return self.record_download_links
+
     def _make_store(self) -> ObjectStore:
         config = S3Config(
             bucket=self.bucket,
@@ -196,5 +211,8 @@ class S3ExportIOManager(ExportIOManager):
             max_concurrency=self.max_concurrency,
             max_buffer_bytes=self.max_buffer_bytes,
         )
-        client = self.s3.client(min_pool_connections=2 * self.max_concurrency)
-        return S3ObjectStore(config, client=client, session=self.s3.session())
+        # One session for the client and the store: a link's expiry is read from the
+        # credentials that signed it.
+        session = self.s3.session()
+        client = self.s3.client(min_pool_connections=2 * self.max_concurrency, session=session)
+        return S3ObjectStore(config, client=client, session=session)

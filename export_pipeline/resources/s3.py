@@ -40,15 +40,18 @@ class ExportS3Resource(S3Resource):
     def get_client(self) -> Any:
         return self.client()
 
-    def client(self, min_pool_connections: int = 0) -> Any:
+    def client(
+        self, min_pool_connections: int = 0, session: boto3.session.Session | None = None
+    ) -> Any:
         """The S3 client, with at least `min_pool_connections` pooled HTTP connections (an
-        upload with N parts in flight needs N)."""
+        upload with N parts in flight needs N), from `session` (default: a new `session()`).
+        Pass the session whose credentials' expiry download links are to report."""
         if self.use_unsigned_session:
             raise StorageConfigError(
                 "use_unsigned_session cannot be used for exports: uploads and download links "
                 "must be signed"
             )
-        return self.session().client(
+        return (session or self.session()).client(
             "s3",
             endpoint_url=self.endpoint_url or None,
             region_name=self.region_name or None,

@@ -14,6 +14,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from export_pipeline.errors import ExportError
+from export_pipeline.extract.connection import redact_password
 
 STATE_DSN_VARIABLE = "EXPORT_STATE_DSN"
 _SCHEMA_LOCK_KEY = 0x6578_705F_7374_6174  # "exp_stat": any constant shared by all processes
@@ -93,9 +94,8 @@ def ensure_schema(conn: psycopg.Connection) -> None:
 
 def _scrub(message: str, dsn: str) -> str:
     try:
-        password = conninfo_to_dict(dsn).get("password")
+        conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return f"{STATE_DSN_VARIABLE} is not a valid libpq connection string or URI"
-    if password:
-        message = message.replace(str(password), "***")
+    message = redact_password(message, dsn)
     return f"cannot connect to the state database ({STATE_DSN_VARIABLE}): {message.strip()}"

@@ -315,7 +315,8 @@ class S3ObjectWriter(ObjectWriter):
 
 class S3ObjectStore(ObjectStore):
     """Objects in one bucket. The client is built on first use from `session` (credentials,
-    profile) unless one is given."""
+    profile) unless one is given; a given client must come from `session`, whose credentials'
+    expiry bounds the download links' `expires_at`."""
 
     def __init__(
         self,
@@ -393,14 +394,36 @@ class S3ObjectStore(ObjectStore):
     def download_link(self, key: str, ttl_seconds: int | None = None) -> DownloadLink:
         """A presigned GET (SigV4) valid for `ttl_seconds` (default: the configured TTL).
 
-        Never presigns PUT.
+        Never presigns PUT. A link dies with the credentials that signed it, so `expires_at` is
+        the earlier of now + TTL and the signing credentials' own expiry (temporary ones).
         """
         ttl = check_link_ttl(self.config.link_ttl_seconds if ttl_seconds is None else ttl_seconds)
         issued = datetime.now(UTC)
+        before = credentials_expiry(self._session)
         url = self.client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.config.bucket, "Key": key},
             ExpiresIn=ttl,
             HttpMethod="GET",
         )
-        return DownloadLink(url, issued + timedelta(seconds=ttl))
+        # A refresh between the two reads means either set may have signed: take the earlier.
+        expiries = [e for e in (before, credentials_expiry(self._session)) if e is not None]
+        return DownloadLink(url, min([issued + timedelta(seconds=ttl), *expiries]))
+
+
+def credentials_expiry(session: boto3.session.Session) -> datetime | None:
+    """When the session's credentials stop working: temporary credentials (an assumed role,
+    SSO, a container or instance role) have an expiry; static keys have none (None).
+
+    botocore keeps it on `RefreshableCredentials` as `_expiry_time` and offers no public
+    accessor. Frozen credentials are fetched first, so a refresh that is due happens before
+    the expiry is read, as it would before signing.
+    """
+    credentials = session.get_credentials()
+    if credentials is None:
+        return None
+    credentials.get_frozen_credentials()
+    expiry = getattr(credentials, "_expiry_time", None)
+    if not isinstance(expiry, datetime):
+        return None
+    return expiry if expiry.tzinfo is not None else expiry.replace(tzinfo=UTC)

@@ -363,7 +363,8 @@ def _write_text(
 
     PostgreSQL keeps producing into the socket buffer while a chunk is compressed, so this
     overlaps anyway; a second thread measured slower here (GIL hand-offs on a per-row loop).
-    Memory: one chunk of `chunk_size`, plus the S3 writer's parts.
+    Memory: one chunk of `chunk_size` (or one larger row, passed on uncopied), plus the S3
+    writer's parts.
     """
     statement = copy_statement(fmt, sql.SQL(query_text))
     framer = JsonArrayFramer() if fmt is Format.JSON else None
@@ -371,8 +372,8 @@ def _write_text(
     with conn.cursor() as cur, closing(copy_chunks(cur, statement, tuning.chunk_size)) as chunks:
         try:
             for chunk in chunks:
-                data = framer.feed(chunk) if framer else chunk
-                writer.write(compressor.compress(data) if compressor else data)
+                for data in framer.feed_parts(chunk) if framer else (chunk,):
+                    writer.write(compressor.compress(data) if compressor else data)
         except psycopg.Error as exc:
             raise QueryError(f"dataset {name!r}: export query failed: {pg_message(exc)}") from exc
         rows = cur.rowcount

@@ -41,6 +41,7 @@ S3_PREFIX = "EXPORT_S3_PREFIX"
 S3_ENDPOINT_URL = "EXPORT_S3_ENDPOINT_URL"
 STORAGE_DIR = "EXPORT_STORAGE_DIR"
 LINK_TTL_SECONDS = "EXPORT_LINK_TTL_SECONDS"
+S3_MAX_BUFFER_BYTES = "EXPORT_S3_MAX_BUFFER_BYTES"
 RECORD_DOWNLOAD_LINKS = "EXPORT_RECORD_DOWNLOAD_LINKS"
 SCHEDULE_HOUR = "EXPORT_SCHEDULE_HOUR"
 SCHEDULE_TIMEZONE = "EXPORT_SCHEDULE_TIMEZONE"
@@ -125,6 +126,8 @@ def exports_io_manager(env: Mapping[str, str]) -> S3ExportIOManager | LocalExpor
         s3["region_name"] = dg.EnvVar(region)
     if env.get(LINK_TTL_SECONDS):
         common["link_ttl_seconds"] = dg.EnvVar.int(LINK_TTL_SECONDS)
+    if env.get(S3_MAX_BUFFER_BYTES):
+        common["max_buffer_bytes"] = dg.EnvVar.int(S3_MAX_BUFFER_BYTES)
     record_links = record_download_links(env)
     if record_links is not None:
         common["record_download_links"] = record_links

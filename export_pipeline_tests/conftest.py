@@ -88,7 +88,10 @@ def s3_faults(moto_url: str) -> Iterator[tuple[str, Faults]]:
     """A second SigV4-checking endpoint over the same server, whose answers a test can break."""
     faults = Faults()
     with sigv4_proxy(moto_url, {AWS_TEST_KEY_ID: AWS_TEST_SECRET}, faults) as url:
-        yield url, faults
+        try:
+            yield url, faults
+        finally:
+            faults.release()  # end held requests before the proxy stops
 
 
 @pytest.fixture

@@ -28,11 +28,17 @@ class SignatureError(Exception):
 
 class Faults:
     """Injected S3 failures: the next `count` requests matching a method and a path fragment
-    get an error answer instead of reaching the server. Thread-safe; counts are exact."""
+    get an error answer instead of reaching the server (`fail_next`; status 200 sends an
+    <Error> document with a 200, as S3 may on CompleteMultipartUpload), or are held open with
+    no answer until the client's read timeout has passed, then dropped (`hold_next`).
+    Thread-safe; counts are exact. `release()` ends every hold (fixture teardown)."""
+
+    HOLD = 0  # status of a hold rule
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rules: list[list] = []  # [method, fragment, remaining, status, code]
+        self._released = threading.Event()
         self.injected = 0
 
     def fail_next(
@@ -40,6 +46,10 @@ class Faults:
     ) -> None:
         with self._lock:
             self._rules.append([method, fragment, count, status, code])
+
+    def hold_next(self, method: str, fragment: str, count: int) -> None:
+        with self._lock:
+            self._rules.append([method, fragment, count, self.HOLD, ""])
 
     def take(self, method: str, target: str) -> tuple[int, str] | None:
         with self._lock:
@@ -49,6 +59,13 @@ class Faults:
                     self.injected += 1
                     return rule[3], rule[4]
         return None
+
+    def hold(self, seconds: float) -> None:
+        """Keep a request unanswered for `seconds` (or until released)."""
+        self._released.wait(seconds)
+
+    def release(self) -> None:
+        self._released.set()
 
 
 def _quote(text: str) -> str:
@@ -150,6 +167,11 @@ def _handler(
                 self._error(403, "SignatureDoesNotMatch", str(exc))
                 return
             fault = faults.take(self.command, self.path) if faults else None
+            if fault is not None and fault[0] == Faults.HOLD:
+                assert faults is not None
+                faults.hold(30)  # far past the client's read timeout in the tests
+                self.close_connection = True  # then drop it, unanswered
+                return
             if fault is not None:
                 self._error(fault[0], fault[1], "injected by the test")
                 return

@@ -2,7 +2,10 @@
 
 PostgreSQL sends one CopyData message per row; chunks are coalesced to about `chunk_size`
 bytes so downstream work (compression, hashing, upload) runs per chunk, not per row.
-Memory: one chunk.
+A row as large as a chunk or larger (a 50 MB value) is passed on as psycopg returns it (a view
+of libpq's own buffer), never copied here.
+Memory: one chunk, or one row when a row is larger (libpq holds that row twice: the message
+it received and the copy it hands over).
 """
 
 from __future__ import annotations
@@ -17,11 +20,21 @@ DEFAULT_CHUNK_SIZE = 1024 * 1024
 
 def copy_chunks(
     cur: psycopg.Cursor, statement: sql.Composed, chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> Generator[bytes, None, None]:
-    """Yield the COPY output in chunks; afterwards `cur.rowcount` is the number of rows."""
+) -> Generator[bytes | bytearray | memoryview, None, None]:
+    """Yield the COPY output in chunks; afterwards `cur.rowcount` is the number of rows.
+
+    A chunk is valid until the next one is asked for (a large row is a view of psycopg's
+    buffer): use it, do not keep it.
+    """
     buffer = bytearray()
     with cur.copy(statement) as copy:
         for data in copy:
+            if len(data) >= chunk_size:
+                if buffer:
+                    yield bytes(buffer)
+                    buffer.clear()
+                yield data  # a large row: as it is, not copied
+                continue
             buffer += data
             if len(buffer) >= chunk_size:
                 yield bytes(buffer)

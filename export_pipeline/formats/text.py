@@ -8,6 +8,8 @@ arrives verbatim; COPY's text mode would double every backslash.
 
 from __future__ import annotations
 
+import re
+
 from psycopg import sql
 
 from export_pipeline.spec import Format
@@ -25,6 +27,9 @@ def copy_statement(fmt: Format, query: sql.Composable) -> sql.Composed:
     raise ValueError(f"{fmt} is not a COPY format")
 
 
+_NEWLINE = re.compile(b"\n")
+
+
 class JsonArrayFramer:
     """Turns JSON Lines chunks into one JSON array, streaming.
 
@@ -37,17 +42,22 @@ class JsonArrayFramer:
         self._pending_separator = False
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> bytes:
-        data = bytes(chunk)
-        if not data:
-            return b""
+        return b"".join(self.feed_parts(chunk))
+
+    def feed_parts(self, chunk: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
+        """The framed chunk as pieces to write in order, without joining them. A chunk that
+        is one row (a 50 MB value) is not copied at all; others are copied once (the
+        newline replacement)."""
+        view = memoryview(chunk).cast("B")
+        if not len(view):
+            return []
         head = b"[\n" if not self._started else (b",\n" if self._pending_separator else b"")
         self._started = True
-        if data.endswith(b"\n"):
-            data = data[:-1]
-            self._pending_separator = True
-        else:
-            self._pending_separator = False
-        return head + data.replace(b"\n", b",\n")
+        self._pending_separator = view[-1] == 0x0A
+        body = view[:-1] if self._pending_separator else view
+        if _NEWLINE.search(body):  # several rows: separate them (re reads the buffer in place)
+            return [head, bytes(body).replace(b"\n", b",\n")]
+        return [head, body]
 
     def finish(self) -> bytes:
         return b"\n]\n" if self._started else b"[]\n"

@@ -31,6 +31,11 @@ from export_pipeline.resources.s3 import ExportS3Resource
 from export_pipeline.spec import Compression, Format
 from export_pipeline.storage.files import StoredFile, StoredFileError
 from export_pipeline.storage.local import LocalObjectStore
+from export_pipeline.storage.parts import (
+    DEFAULT_MAX_BUFFER_BYTES,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_PART_SIZE,
+)
 from export_pipeline.storage.s3 import MAX_LINK_TTL_SECONDS, S3Config, S3ObjectStore
 from export_pipeline.storage.writer import ObjectStore
 
@@ -156,7 +161,9 @@ class LocalExportIOManager(ExportIOManager):
 class S3ExportIOManager(ExportIOManager):
     """Export files in S3 or any S3-protocol server, written with multipart uploads.
 
-    Buffer memory per running export: about part_size_bytes x (max_concurrency + 2).
+    Buffer memory per running export: at most max_buffer_bytes, at any object size up to
+    S3's 5 TiB (parts grow and fewer upload at once as the object grows; docs/operations.md,
+    "Upload memory").
     """
 
     s3: ExportS3Resource = Field(
@@ -176,11 +183,18 @@ class S3ExportIOManager(ExportIOManager):
         "(EXPORT_RECORD_DOWNLOAD_LINKS; SECURITY.md).",
     )
     part_size_bytes: int = Field(
-        default=16 * 1024 * 1024, description="Multipart upload part size (at least 5 MiB)."
+        default=DEFAULT_PART_SIZE,
+        description="Size of the first multipart parts (at least 5 MiB); later parts grow.",
     )
     max_concurrency: int = Field(
-        default=4,
-        description="Parts uploaded at once. Buffer memory is about part_size_bytes x (this + 2).",
+        default=DEFAULT_MAX_CONCURRENCY,
+        description="Parts uploaded at once, at most (fewer once parts are large).",
+    )
+    max_buffer_bytes: int = Field(
+        default=DEFAULT_MAX_BUFFER_BYTES,
+        description="Upload memory limit per export: the part being filled plus the parts "
+        "uploading never exceed it, at any object size up to 5 TiB; a limit too small to reach "
+        "5 TiB is refused with the minimum (EXPORT_S3_MAX_BUFFER_BYTES).",
     )
 
     def _record_links(self) -> bool:
@@ -195,6 +209,7 @@ class S3ExportIOManager(ExportIOManager):
             link_ttl_seconds=self.link_ttl_seconds,
             part_size=self.part_size_bytes,
             max_concurrency=self.max_concurrency,
+            max_buffer_bytes=self.max_buffer_bytes,
         )
         # One session for the client and the store: a link's expiry is read from the
         # credentials that signed it.

@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 import pyarrow.fs as pafs
 
+from export_pipeline.errors import ExportError
 from export_pipeline.storage.keys import normalize_prefix
 from export_pipeline.storage.writer import ObjectHeaders, ObjectStore, ObjectWriter
 
@@ -33,7 +34,15 @@ class LocalObjectWriter(ObjectWriter):
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(self._tmp, self.path)
+        try:
+            os.replace(self._tmp, self.path)
+        except FileNotFoundError as exc:
+            raise ExportError(
+                f"{self.path}: the temporary file was removed by another writer of the same "
+                "key (a concurrent export of this partition) before this one committed "
+                "(transient)",
+                transient=True,
+            ) from exc
         return str(self.path)
 
     def _abort(self) -> None:

@@ -1,14 +1,16 @@
 """S3 (or any S3-protocol endpoint) as object storage, written with a multipart upload.
 
 Bytes are cut into parts and uploaded by a small thread pool while the caller keeps
-producing, so reading the database never waits on one HTTP request. Parts start at
-`part_size` and double every 1,000 parts, so S3's 10,000-part limit is never the reason an
-export fails (16 MiB parts reach 16 GiB by part 1,000 and terabytes by part 10,000).
-Memory: about `part_size * (max_concurrency + 2)` bytes (parts in flight, the one waiting for a
-slot, and the buffer being filled). An export smaller than one part is sent as a single PUT.
+producing, so reading the database never waits on one HTTP request. Part sizes follow
+`storage.parts.PartSchedule`: they start at `part_size`, double every `parts_per_step` parts
+and stop at half of `max_buffer_bytes`, so S3's 10,000-part limit is never the reason an export
+fails, and the data the writer holds (the part being filled plus the parts uploading) never
+exceeds `max_buffer_bytes`, whatever the object's size (docs/operations.md, "Upload memory").
+An export smaller than one part is sent as a single PUT.
 The object exists only after `CompleteMultipartUpload` (or the PUT) succeeds; on any error the
 multipart upload is aborted, leaving nothing under the key. A process killed outright cannot
-abort: a bucket lifecycle rule `AbortIncompleteMultipartUpload` cleans those up (README).
+abort: the next write of the same key aborts what it left (`remove_orphans`), and a bucket
+lifecycle rule `AbortIncompleteMultipartUpload` cleans up keys never written again.
 """
 
 from __future__ import annotations
@@ -18,21 +20,34 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
 
 import boto3
 import pyarrow.fs as pafs
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
+from export_pipeline.errors import ExportError
+from export_pipeline.retryable import is_transient
 from export_pipeline.storage.keys import StorageConfigError, normalize_prefix
+from export_pipeline.storage.parts import (
+    DEFAULT_MAX_BUFFER_BYTES,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_PART_SIZE,
+    DEFAULT_PARTS_PER_STEP,
+    MAX_OBJECT_SIZE,
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    PartSchedule,
+)
 from export_pipeline.storage.writer import DownloadLink, ObjectHeaders, ObjectStore, ObjectWriter
 
 logger = logging.getLogger(__name__)
 
-MIN_PART_SIZE = 5 * 1024 * 1024
-PARTS_PER_SIZE_STEP = 1000  # part size doubles after this many parts
+__all__ = ["MIN_PART_SIZE", "S3Config", "S3ObjectStore", "S3ObjectWriter", "S3UploadError"]
+
 MAX_LINK_TTL_SECONDS = 604800  # SigV4 presigned URLs cannot live longer than 7 days.
 
 
@@ -43,17 +58,29 @@ class S3Config:
     endpoint_url: str | None = None
     region_name: str | None = None
     link_ttl_seconds: int = MAX_LINK_TTL_SECONDS
-    part_size: int = 16 * 1024 * 1024
-    max_concurrency: int = 4
+    part_size: int = DEFAULT_PART_SIZE  # the first parts; later ones grow (PartSchedule)
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES  # upload memory limit, any object size
+    parts_per_step: int = DEFAULT_PARTS_PER_STEP
+    max_object_bytes: int = MAX_OBJECT_SIZE  # what the memory limit must reach (S3's 5 TiB)
+    read_timeout_seconds: float = 60.0  # botocore's default
+    max_attempts: int = 5  # botocore attempts per request, the first one included
 
     def __post_init__(self) -> None:
         if not self.bucket or "/" in self.bucket:
             raise StorageConfigError(f"EXPORT_S3_BUCKET {self.bucket!r} is not a bucket name")
         check_link_ttl(self.link_ttl_seconds)
-        if self.part_size < MIN_PART_SIZE:
-            raise StorageConfigError(f"part_size must be at least {MIN_PART_SIZE} bytes")
-        if self.max_concurrency < 1:
-            raise StorageConfigError("max_concurrency must be at least 1")
+        self.schedule.check()
+
+    @property
+    def schedule(self) -> PartSchedule:
+        return PartSchedule(
+            self.part_size,
+            self.parts_per_step,
+            self.max_buffer_bytes,
+            self.max_concurrency,
+            self.max_object_bytes,
+        )
 
 
 def check_link_ttl(ttl_seconds: int) -> int:
@@ -66,7 +93,10 @@ def check_link_ttl(ttl_seconds: int) -> int:
 
 
 def client_config(
-    endpoint_url: str | None, max_pool_connections: int = 10, max_attempts: int = 5
+    endpoint_url: str | None,
+    max_pool_connections: int = 10,
+    max_attempts: int = 5,
+    read_timeout: float = 60.0,
 ) -> Config:
     """botocore settings for every S3 client of the project.
 
@@ -80,6 +110,7 @@ def client_config(
         # total_max_attempts counts the first try, as dagster-aws's `max_attempts` does
         retries={"total_max_attempts": max_attempts, "mode": "standard"},
         max_pool_connections=max_pool_connections,
+        read_timeout=read_timeout,
     )
 
 
@@ -89,13 +120,21 @@ def make_s3_client(config: S3Config, session: boto3.session.Session | None = Non
         "s3",
         endpoint_url=config.endpoint_url or None,
         region_name=config.region_name or None,
-        config=client_config(config.endpoint_url, max(10, config.max_concurrency * 2)),
+        config=client_config(
+            config.endpoint_url,
+            max(10, config.max_concurrency * 2),
+            config.max_attempts,
+            config.read_timeout_seconds,
+        ),
     )
 
 
-def part_size(base: int, parts_so_far: int) -> int:
-    """The size of the next part: `base`, doubled every PARTS_PER_SIZE_STEP parts."""
-    return base << (parts_so_far // PARTS_PER_SIZE_STEP)
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class S3UploadError(ExportError):
+    """An S3 request of an upload failed (after botocore's retries); names the object."""
 
 
 class S3ObjectWriter(ObjectWriter):
@@ -104,12 +143,39 @@ class S3ObjectWriter(ObjectWriter):
         self._client = client
         self._config = config
         self._headers = headers
+        self._schedule = config.schedule
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[Future[dict[str, Any]]] = []
         self._pool: ThreadPoolExecutor | None = None
-        self._slots = threading.BoundedSemaphore(config.max_concurrency)
+        self._uploads = threading.Condition()  # guards the in-flight counts and _failure
+        self._in_flight_parts = 0
+        self._in_flight_bytes = 0
         self._failure: BaseException | None = None
+        self.peak_buffered_bytes = 0  # the most data held at once: filling part + uploading
+
+    def _held(self) -> None:
+        held = len(self._buffer) + self._in_flight_bytes
+        if held > self.peak_buffered_bytes:
+            self.peak_buffered_bytes = held
+
+    def _failed(self, action: str, exc: BaseException) -> S3UploadError:
+        uri = f"s3://{self._config.bucket}/{self.key}"
+        if isinstance(exc, ClientError) and _code(exc) == "NoSuchUpload":
+            # Someone aborted our upload: another writer of the same key (its remove_orphans
+            # took ours for a dead run's) or a lifecycle rule. Trying again can succeed.
+            return S3UploadError(
+                f"{uri}: {action} failed (transient): the multipart upload was aborted by "
+                "another writer of the same key (a concurrent export of this partition) or a "
+                f"bucket lifecycle rule: {exc}",
+                transient=True,
+            )
+        transient = is_transient(exc)
+        return S3UploadError(
+            f"{uri}: {action} failed "
+            f"({'transient' if transient else 'permanent'}): {type(exc).__name__}: {exc}",
+            transient=transient,
+        )
 
     def _object_args(self) -> dict[str, Any]:
         return {
@@ -120,14 +186,30 @@ class S3ObjectWriter(ObjectWriter):
         }
 
     def _write(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
-        while len(self._buffer) >= (size := part_size(self._config.part_size, len(self._parts))):
-            with memoryview(self._buffer) as view:
-                part = bytes(view[:size])  # one copy, not two
-            del self._buffer[:size]
-            self._submit(part)
+        try:
+            self._fill(data)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failed("multipart upload", exc) from exc
 
-    def _submit(self, body: bytes) -> None:
+    def _fill(self, data: bytes | bytearray | memoryview) -> None:
+        """Append to the part being filled, never past its size (however large `data` is);
+        hand each full part to the upload threads without copying it."""
+        view = memoryview(data).cast("B")
+        while len(view):
+            size = self._schedule.part_size(len(self._parts))
+            room = size - len(self._buffer)
+            self._buffer += view[:room]
+            view = view[room:]
+            self._held()
+            if len(self._buffer) >= size:
+                part, self._buffer = self._buffer, bytearray()
+                self._submit(part, self._schedule.part_size(len(self._parts) + 1))
+                del part  # the upload thread owns it now; its bytes are counted in flight
+
+    def _submit(self, body: bytearray, next_size: int) -> None:
+        """Upload `body` as the next part once it fits: at most max_concurrency parts in
+        flight, and the parts in flight plus this one plus the next part to fill (`next_size`)
+        within max_buffer_bytes. Blocks the producer until then (back-pressure)."""
         if self._upload_id is None:
             self._upload_id = self._client.create_multipart_upload(**self._object_args())[
                 "UploadId"
@@ -135,22 +217,39 @@ class S3ObjectWriter(ObjectWriter):
             self._pool = ThreadPoolExecutor(
                 self._config.max_concurrency, thread_name_prefix="s3-part"
             )
-        self._slots.acquire()  # back-pressure: at most max_concurrency parts in flight
-        if self._failure is not None:
-            self._slots.release()
-            raise self._failure
+        if len(self._parts) >= MAX_PARTS:
+            raise S3UploadError(
+                f"s3://{self._config.bucket}/{self.key}: the object is larger than 10,000 parts "
+                f"of this schedule hold ({self._schedule.reach()} bytes); raise max_buffer_bytes "
+                "or max_object_bytes (permanent)"
+            )
+        limit = self._config.max_buffer_bytes
+        with self._uploads:
+            while self._failure is None and (
+                self._in_flight_parts >= self._config.max_concurrency
+                or self._in_flight_bytes + len(body) + next_size > limit
+            ):
+                self._uploads.wait()
+            if self._failure is not None:
+                raise self._failure
+            self._in_flight_parts += 1
+            self._in_flight_bytes += len(body)
+        self._held()
         number = len(self._parts) + 1
         assert self._pool is not None
         future = self._pool.submit(self._upload_part, number, body)
-        future.add_done_callback(self._part_done)
+        future.add_done_callback(partial(self._part_done, len(body)))
         self._parts.append(future)
 
-    def _part_done(self, future: Future[dict[str, Any]]) -> None:
-        if not future.cancelled() and future.exception() is not None and self._failure is None:
-            self._failure = future.exception()
-        self._slots.release()
+    def _part_done(self, size: int, future: Future[dict[str, Any]]) -> None:
+        with self._uploads:
+            if not future.cancelled() and future.exception() is not None:
+                self._failure = self._failure or future.exception()
+            self._in_flight_parts -= 1
+            self._in_flight_bytes -= size
+            self._uploads.notify_all()
 
-    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
+    def _upload_part(self, number: int, body: bytearray) -> dict[str, Any]:
         response = self._client.upload_part(
             Bucket=self._config.bucket,
             Key=self.key,
@@ -161,12 +260,23 @@ class S3ObjectWriter(ObjectWriter):
         return {"PartNumber": number, "ETag": response["ETag"]}
 
     def _commit(self) -> str:
+        try:
+            self._complete()
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failed("completing the upload", exc) from exc
+        return f"s3://{self._config.bucket}/{self.key}"
+
+    def _complete(self) -> None:
         if self._upload_id is None:
-            self._client.put_object(Body=bytes(self._buffer), **self._object_args())
+            self._client.put_object(Body=self._buffer, **self._object_args())
         else:
             if self._buffer:
-                self._submit(bytes(self._buffer))
+                last, self._buffer = self._buffer, bytearray()
+                self._submit(last, 0)
+                del last
             parts = [future.result() for future in self._parts]
+            # botocore turns a 200 answer whose body is an <Error> document into an error
+            # (retried like a 500), so returning here means S3 really assembled the object.
             self._client.complete_multipart_upload(
                 Bucket=self._config.bucket,
                 Key=self.key,
@@ -175,7 +285,6 @@ class S3ObjectWriter(ObjectWriter):
             )
             self._shutdown()
         self._buffer = bytearray()
-        return f"s3://{self._config.bucket}/{self.key}"
 
     def _abort(self) -> None:
         self._buffer = bytearray()

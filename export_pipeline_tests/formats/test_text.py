@@ -37,3 +37,18 @@ def test_json_array_framing_of_nothing_is_an_empty_array() -> None:
 def test_names_and_content_types(fmt: Format, comp: Compression, ext: str, ctype: str) -> None:
     assert extension(fmt, comp) == ext
     assert content_type(fmt, comp) == ctype
+
+
+def test_json_framing_passes_a_large_row_on_without_copying() -> None:
+    row = bytearray(b'{"k": "' + b"x" * 1_000_000 + b'"}\n')
+    framer = JsonArrayFramer()
+    head, body = framer.feed_parts(memoryview(row))
+    assert head == b"[\n"
+    assert isinstance(body, memoryview) and body.obj is row  # a view of the row, not a copy
+    assert bytes(body) == bytes(row[:-1])
+    out = b"".join(framer.feed_parts(b'{"a": 1}\n{"a": 2}\n')) + framer.finish()
+    assert json.loads(bytes(head) + bytes(body) + out) == [
+        {"k": "x" * 1_000_000},
+        {"a": 1},
+        {"a": 2},
+    ]

@@ -1,8 +1,16 @@
 """A writer killed outright (SIGKILL) leaves its temporary file or multipart upload behind; the
-next write of the same key removes it. Real processes, real PostgreSQL, S3 over HTTP."""
+next write of the same key removes it. Real processes, real PostgreSQL, S3 over HTTP.
+
+S3 kill points: before the first part (the upload is open, no part yet), mid-stream (two of
+four parts uploaded) and after the last part, before CompleteMultipartUpload. Each time
+nothing is under the final key, the next export of the key aborts the orphaned upload, and its
+file is byte-identical to a clean export of the unchanged source."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import select
 import signal
 import subprocess
 import sys
@@ -11,15 +19,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import pytest
 from psycopg import sql
 
 from export_pipeline.engine import export_query
 from export_pipeline.extract.connection import SourceConfig
 from export_pipeline.spec import Compression, Format
 from export_pipeline.storage.local import LocalObjectStore
-from export_pipeline.storage.s3 import S3Config, S3ObjectStore
+from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore
 from export_pipeline.storage.writer import ObjectStore
-from export_pipeline_tests.helpers import list_keys, pending_uploads
+from export_pipeline_tests.helpers import list_keys
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY = "exports/1/2025-01/orphan.csv"
@@ -86,27 +96,115 @@ def test_local_partial_file_of_a_killed_writer_is_removed(scratch_dsn: str, tmp_
     assert (folder / "orphan.csv").read_bytes().count(b"\n") == 4  # header + 3 rows
 
 
-def test_s3_multipart_upload_of_a_killed_writer_is_aborted(
-    scratch_dsn: str, s3_endpoint: str, bucket: str, s3_client: Any
-) -> None:
-    _kill_midway(
-        ["s3", scratch_dsn, bucket, KEY, s3_endpoint, SLOW],
-        lambda: (
-            bool(pending_uploads(s3_client, bucket))
-            and bool(
-                s3_client.list_parts(
-                    Bucket=bucket,
-                    Key=KEY,
-                    UploadId=s3_client.list_multipart_uploads(Bucket=bucket)["Uploads"][0][
-                        "UploadId"
-                    ],
-                ).get("Parts")
-            )
-        ),
+# The child writes this table to S3 with one part in flight at a time and stops at the kill
+# point named by EXPORT_TEST_PAUSE_AT, in botocore's own `before-parameter-build` event: it
+# prints PAUSED and waits on stdin, so the parent kills it exactly there (no sleeps, no races).
+TABLE_ROWS = 14_000  # 18 MB of CSV: four parts of 5 MiB (the last one smaller)
+PAUSING_WRITER = """
+import os, sys
+from psycopg import sql
+from export_pipeline.engine import export_query
+from export_pipeline.extract.connection import SourceConfig
+from export_pipeline.spec import Compression, Format
+from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore
+dsn, bucket, key, endpoint = sys.argv[1:5]
+kind, _, number = os.environ["EXPORT_TEST_PAUSE_AT"].partition(":")
+store = S3ObjectStore(
+    S3Config(bucket=bucket, endpoint_url=endpoint, part_size=MIN_PART_SIZE, max_concurrency=1)
+)
+def pause(params, **_):
+    if kind == "complete" or params.get("PartNumber") == int(number or 0):
+        print("PAUSED", flush=True)
+        sys.stdin.read()  # until killed
+event = "CompleteMultipartUpload" if kind == "complete" else "UploadPart"
+store.client.meta.events.register(f"before-parameter-build.s3.{event}", pause)
+export_query(SourceConfig(dsn), store, key, sql.Composed([sql.SQL("SELECT * FROM t ORDER BY g")]),
+             {}, Format.CSV, Compression.NONE, name="orphan")
+print("FINISHED", flush=True)
+"""
+TABLE_QUERY = sql.Composed([sql.SQL("SELECT * FROM t ORDER BY g")])
+
+
+def _make_table(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE t AS SELECT g, repeat(md5(g::text), 40) AS pad"
+            " FROM generate_series(1, %s) AS g",
+            (TABLE_ROWS,),
+        )
+
+
+def _kill_when_paused(args: list[str], pause_at: str) -> None:
+    env = {**os.environ, "EXPORT_TEST_PAUSE_AT": pause_at, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PAUSING_WRITER, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    assert pending_uploads(s3_client, bucket) == [KEY]  # the killed run's parts, still billed
-    assert list_keys(s3_client, bucket) == []
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 120)  # a deadline, not a sleep
+        assert ready, "the writer never reached the kill point"
+        line = proc.stdout.readline()
+        assert line == b"PAUSED\n", (line, proc.stderr.read() if proc.stderr else b"")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _sha256_of(client: Any, bucket: str, key: str) -> str:
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("pause_at", "parts_uploaded"),
+    [("part:1", 0), ("part:3", 2), ("complete", 4)],
+    ids=["early-before-the-first-part", "mid-stream", "after-the-last-part"],
+)
+def test_s3_upload_of_a_killed_writer_is_aborted_by_the_next_run(
+    pause_at: str,
+    parts_uploaded: int,
+    scratch_dsn: str,
+    s3_endpoint: str,
+    bucket: str,
+    s3_client: Any,
+) -> None:
+    _make_table(scratch_dsn)
     store = S3ObjectStore(S3Config(bucket=bucket, endpoint_url=s3_endpoint))
-    assert _export_again(scratch_dsn, store) == 3
-    assert pending_uploads(s3_client, bucket) == []
-    assert list_keys(s3_client, bucket) == [KEY]
+    clean = export_query(
+        SourceConfig(scratch_dsn),
+        store,
+        "clean/orphan.csv",
+        TABLE_QUERY,
+        {},
+        Format.CSV,
+        Compression.NONE,
+        name="orphan",
+    )
+    assert clean.rows == TABLE_ROWS and clean.stored.size_bytes > 3 * MIN_PART_SIZE
+
+    _kill_when_paused([scratch_dsn, bucket, KEY, s3_endpoint], pause_at)
+    assert KEY not in list_keys(s3_client, bucket)  # nothing under the final key
+    [upload] = s3_client.list_multipart_uploads(Bucket=bucket, Prefix=KEY)["Uploads"]
+    parts = s3_client.list_parts(Bucket=bucket, Key=KEY, UploadId=upload["UploadId"])
+    assert len(parts.get("Parts", [])) == parts_uploaded  # killed exactly where asked
+
+    retry = export_query(
+        SourceConfig(scratch_dsn),
+        store,
+        KEY,
+        TABLE_QUERY,
+        {},
+        Format.CSV,
+        Compression.NONE,
+        name="orphan",
+    )
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert list_keys(s3_client, bucket) == sorted([KEY, "clean/orphan.csv"])
+    assert retry.stored.sha256 == clean.stored.sha256
+    assert _sha256_of(s3_client, bucket, KEY) == _sha256_of(s3_client, bucket, "clean/orphan.csv")

@@ -190,6 +190,32 @@ def build_cases(dsn: str, rows: int, quick: bool) -> list[Case]:
     return cases
 
 
+# Issue 9: the same exports with and without progress reporting (--progress).
+PROGRESS_PAIRS = [("parquet zstd", "parquet", "zstd"), ("csv", "csv", "none")]
+WITH_PROGRESS = " + progress"
+
+
+def progress_cases(dsn: str) -> list[Case]:
+    cases = []
+    for name, fmt, comp in PROGRESS_PAIRS:
+        cases.append(engine_case(name, dsn, fmt, comp))
+        cases.append(engine_case(name + WITH_PROGRESS, dsn, fmt, comp, extra=("--progress",)))
+    return cases
+
+
+def progress_report(cases: list[Case]) -> str:
+    by = {c.name: c for c in cases}
+    lines = ["progress cost (medians of interleaved rounds; goal < 1%):"]
+    for name, _, _ in PROGRESS_PAIRS:
+        without, with_ = by[name], by[name + WITH_PROGRESS]
+        ratio = with_.median_wall() / without.median_wall()
+        lines.append(
+            f"  {name + WITH_PROGRESS:<26} / {name:<14} = {ratio:.4f}x "
+            f"({(ratio - 1) * 100:+.2f}%); walls {sorted(with_.walls)} vs {sorted(without.walls)}"
+        )
+    return "\n".join(lines)
+
+
 def report(cases: list[Case], rows: int) -> str:
     by = {c.name: c for c in cases}
     lines = [
@@ -260,12 +286,17 @@ def main() -> None:
         action="store_true",
         help="also measure Dagster overhead (bench/dagster_overhead.py)",
     )
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        help="only the progress-cost cases: Parquet and CSV with and without progress",
+    )
     args = parser.parse_args()
     dsn = args.dsn or embedded_dsn()
     ensure_events(dsn, args.rows)
     with psycopg.connect(dsn) as conn:
         version = conn.execute("SHOW server_version").fetchone()
-    cases = build_cases(dsn, args.rows, args.quick)
+    cases = progress_cases(dsn) if args.progress else build_cases(dsn, args.rows, args.quick)
     if args.only:
         wanted = [w.strip() for w in args.only.split(",")]
         cases = [c for c in cases if any(w in c.name for w in wanted)]
@@ -279,6 +310,8 @@ def main() -> None:
         f"{os.cpu_count()} cores, medians of {args.rounds} rounds\n\n"
     )
     sys.stdout.write(report(cases, args.rows) + "\n")
+    if args.progress:
+        sys.stdout.write("\n" + progress_report(cases) + "\n")
     kept = [c for c in cases if c.keep and c.keep.exists()]
     if kept:
         labels = {PER_BATCH: "before: group per batch", "parquet zstd": "after: 128k-row groups"}

@@ -318,6 +318,7 @@ def export_query(
     name: str,
     tuning: EngineTuning | None = None,
     contract: ContractOptions | None = None,
+    progress: ProgressReporting | None = None,
 ) -> Delivery:
     """Stream any query's result into the object `key` (the benchmark's entry point)."""
     stream = ExportStream(
@@ -329,6 +330,7 @@ def export_query(
         compression=compression,
         tuning=tuning or EngineTuning(),
         contract=contract or ContractOptions(),
+        progress=progress,
     )
     return deliver(stream, store, key)
 

@@ -42,3 +42,30 @@ def test_benchmark_smoke(scratch_dsn: str) -> None:
     # the reader benchmark read both Parquet files back with pyarrow and DuckDB
     assert "readers (median of 3" in out, out
     assert "\nbefore: group per batch " in out and "\nafter: 128k-row groups " in out, out
+
+
+def test_progress_cost_benchmark_smoke(scratch_dsn: str) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "bench" / "run.py"),
+            "--dsn",
+            scratch_dsn,
+            "--rows",
+            "3000",
+            "--rounds",
+            "1",
+            "--progress",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for case in ("parquet zstd", "parquet zstd + progress", "csv", "csv + progress"):
+        assert f"\n{case} " in out, out
+    assert "progress cost (medians of interleaved rounds; goal < 1%):" in out
+    assert "parquet zstd + progress" in out and "csv + progress" in out

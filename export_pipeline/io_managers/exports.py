@@ -174,15 +174,19 @@ class ExportIOManager(dg.ConfigurableIOManager):
             step = context.step_context
         except dg.DagsterInvariantViolationError:  # a context built outside a run
             return obj
-        reporting = self.progress(
-            context.log,
-            step.instance,
-            step.dagster_run,
-            context.step_key,
-            context.asset_key.path[-1],
-            context.asset_partition_key,
-            previous=(customer, month),
-        )
+        try:
+            reporting = self.progress(
+                context.log,
+                step.instance,
+                step.dagster_run,
+                context.step_key,
+                context.asset_key.path[-1],
+                context.asset_partition_key,
+                previous=(customer, month),
+            )
+        except Exception as exc:  # progress is best effort; the export is not
+            context.log.warning(f"no progress reports for this export: {exc}")
+            return obj
         return replace(obj, progress=reporting)
 
     def load_input(self, context: dg.InputContext) -> StoredFile:

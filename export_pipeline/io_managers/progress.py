@@ -90,17 +90,32 @@ def event_log_reporter(
     dataset: str,
     partition: str,
 ) -> ProgressCallback:
-    """A callback that writes each report to the run's event log immediately."""
+    """A callback that writes each report to the run's event log immediately.
+
+    Progress is best effort: if writing a report fails, the export goes on, with one warning
+    and no further reports.
+    """
+    failed = False
 
     def report(progress: Progress) -> None:
+        nonlocal failed
+        if failed:
+            return
         message = progress_message(progress, dataset, partition)
-        log.info(message)
-        instance.report_engine_event(
-            message,
-            dagster_run=run,
-            engine_event_data=EngineEventData(progress_metadata(progress, dataset, partition)),
-            step_key=step_key,
-        )
+        try:
+            log.info(message)
+            instance.report_engine_event(
+                message,
+                dagster_run=run,
+                engine_event_data=EngineEventData(progress_metadata(progress, dataset, partition)),
+                step_key=step_key,
+            )
+        except Exception as exc:
+            failed = True
+            log.warning(
+                f"{dataset} {partition}: progress reporting stopped, the export goes on "
+                f"({type(exc).__name__}: {exc})"
+            )
 
     return report
 

@@ -97,7 +97,7 @@ def _assert_plot_types(record: dg.EventLogRecord | None) -> None:
 
 
 def _assert_bounded_and_increasing(
-    events: list[dg.EventLogEntry], elapsed: float
+    events: list[dg.EventLogEntry], elapsed: float, estimate: tuple[str, int]
 ) -> list[dict[str, Any]]:
     metadata = [
         {k: v.value for k, v in e.dagster_event.engine_event_data.metadata.items()}  # type: ignore[union-attr]
@@ -112,10 +112,9 @@ def _assert_bounded_and_increasing(
         assert isinstance(m["progress_rows"], int) and isinstance(m["progress_bytes"], int)
         assert isinstance(m["progress_rows_per_second"], float)
         assert (m["progress_dataset"], m["progress_partition"]) == ("slow", PARTITION)
-        # No earlier month recorded: the planner's estimate (exact for generate_series).
-        assert m["progress_estimate_source"] == "planner"
-        assert m["progress_estimated_rows"] == ROWS
-        assert 0 < m["progress_percent"] <= 100 and m["progress_eta_seconds"] >= 0
+        assert (m["progress_estimate_source"], m["progress_estimated_rows"]) == estimate
+        assert 0 < m["progress_percent"] <= 100 * ROWS / estimate[1]
+        assert m["progress_eta_seconds"] >= 0
     return metadata
 
 
@@ -127,6 +126,14 @@ def test_a_slow_export_reports_progress_live_and_at_a_bounded_rate(
     asset = build_export_asset(SLOW, pdef, retry_policy=None)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("customers", ["4"])
+        # The month before recorded 3,000 rows: that is the estimate.
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                asset_key=asset.key,
+                partition="4|2025-04-01",
+                metadata={"dagster/row_count": dg.MetadataValue.int(2 * ROWS)},
+            )
+        )
         outcome: dict[str, Any] = {}
 
         def run() -> None:
@@ -158,7 +165,7 @@ def test_a_slow_export_reports_progress_live_and_at_a_bounded_rate(
         assert live["progress_rows"] < ROWS and live["progress_partition"] == PARTITION
 
         events = _progress_events(instance, result.run_id)
-        metadata = _assert_bounded_and_increasing(events, elapsed)
+        metadata = _assert_bounded_and_increasing(events, elapsed, ("previous_month", 2 * ROWS))
         materialized = _materialization(instance, "slow", PARTITION)
         _assert_plot_types(materialized)
         assert materialized is not None
@@ -173,7 +180,7 @@ def test_a_slow_export_reports_progress_live_and_at_a_bounded_rate(
         ]
         assert len(lines) == len(events)
         assert lines[0].startswith("slow 4|2025-05-01: ")
-        assert "of ~1,500 rows (" in lines[0] and "planner estimate" in lines[0], lines[0]
+        assert "of ~3,000 rows (" in lines[0] and "previous_month estimate" in lines[0], lines[0]
 
 
 def test_a_fast_export_reports_no_progress_and_records_numbers_for_the_plots(
@@ -219,7 +226,8 @@ def test_the_monthly_job_reports_progress_and_records_numbers(
         elapsed = time.monotonic() - started
         assert result.success
         events = _progress_events(instance, result.run_id)
-        _assert_bounded_and_increasing(events, elapsed)
+        # The monthly job asks the planner (exact for generate_series with constant bounds).
+        _assert_bounded_and_increasing(events, elapsed, ("planner", ROWS))
         assert all(e.step_key == "export_month" for e in events)
         materialized = _materialization(instance, "slow", PARTITION)
         _assert_plot_types(materialized)

@@ -67,6 +67,10 @@ def _resources(dsn: str, root: Path) -> dict[str, Any]:
 
 
 def _progress_events(instance: dg.DagsterInstance, run_id: str) -> list[dg.EventLogEntry]:
+    # Reports are written on threads of their own: let the last one finish.
+    for thread in threading.enumerate():
+        if thread.name == "export-progress":
+            thread.join(timeout=30)
     records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT).records
     entries = [r.event_log_entry for r in records]
     return [

@@ -1,7 +1,10 @@
 """One engine export, run as its own process so the benchmark can read its peak RSS.
 
     python bench/case.py --dsn DSN --format parquet --compression zstd --out DIR [--limit N]
-        [--batch-hint BYTES] [--row-group-rows N] [--row-group-bytes BYTES]
+        [--batch-hint BYTES] [--row-group-rows N] [--row-group-bytes BYTES] [--progress]
+
+`--progress` meters the export as a Dagster run does (export_pipeline/progress.py: every 5 s
+and 10,000 rows, with the planner's estimate) and writes each report as a line to stderr.
 
 `--row-group-bytes 1` writes one row group per ADBC batch: the layout before issue 11.
 
@@ -20,8 +23,19 @@ from psycopg import sql
 from export_pipeline.engine import EngineTuning, export_query
 from export_pipeline.extract.connection import SourceConfig
 from export_pipeline.formats.naming import extension
+from export_pipeline.progress import Progress, ProgressReporting
 from export_pipeline.spec import Compression, Format
 from export_pipeline.storage.local import LocalObjectStore
+
+
+def _report(p: Progress) -> None:
+    """What the Dagster callback does, less the event log write (once per 5 s there)."""
+    percent = "?" if p.percent is None else f"{p.percent:.0f}"
+    sys.stderr.write(
+        f"bench: {p.rows:,} of ~{p.estimated_rows or 0:,} rows ({percent}%), "
+        f"{p.rows_per_second:,.0f} rows/s, {p.bytes_written / 1e6:,.1f} MB, "
+        f"ETA {p.eta_seconds or 0:,.0f} s ({p.estimate_source})\n"
+    )
 
 
 def main() -> None:
@@ -34,6 +48,7 @@ def main() -> None:
     parser.add_argument("--batch-hint", type=int, default=0)
     parser.add_argument("--row-group-rows", type=int, default=0)
     parser.add_argument("--row-group-bytes", type=int, default=0)
+    parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     fmt, comp = Format(args.format), Compression(args.compression)
     query = sql.SQL("SELECT * FROM events")
@@ -56,6 +71,7 @@ def main() -> None:
         comp,
         name="bench",
         tuning=tuning,
+        progress=ProgressReporting(_report) if args.progress else None,
     )
     elapsed = time.perf_counter() - started
     sys.stdout.write(

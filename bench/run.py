@@ -40,6 +40,7 @@ class Case:
     rows: int = 0
     walls: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # user + system seconds of the process
     size: int = 0
 
     def median_wall(self) -> float:
@@ -102,6 +103,7 @@ def run_once(case: Case) -> None:
         raise SystemExit(f"{case.name} failed with exit code {proc.returncode}")
     case.walls.append(wall)
     case.rss_mb.append(usage.ru_maxrss / 1024)
+    case.cpu.append(usage.ru_utime + usage.ru_stime)
     for result in out.glob("result.json"):
         case.rows = json.loads(result.read_text())["rows"]
     case.size = sum(p.stat().st_size for p in out.rglob("*") if p.name != "result.json")
@@ -190,6 +192,43 @@ def build_cases(dsn: str, rows: int, quick: bool) -> list[Case]:
     return cases
 
 
+# Issue 9: the same exports with and without progress reporting (--progress).
+PROGRESS_PAIRS = [("parquet zstd", "parquet", "zstd"), ("csv", "csv", "none")]
+WITH_PROGRESS = " + progress"
+
+
+def progress_cases(dsn: str) -> list[Case]:
+    cases = []
+    for name, fmt, comp in PROGRESS_PAIRS:
+        cases.append(engine_case(name, dsn, fmt, comp))
+        cases.append(engine_case(name + WITH_PROGRESS, dsn, fmt, comp, extra=("--progress",)))
+    return cases
+
+
+def progress_report(cases: list[Case]) -> str:
+    by = {c.name: c for c in cases}
+    lines = [
+        "progress cost (medians of interleaved rounds; goal < 1%; client CPU is the export "
+        "process's user + system time, less sensitive to a busy machine than wall time):"
+    ]
+    for name, _, _ in PROGRESS_PAIRS:
+        without, with_ = by[name], by[name + WITH_PROGRESS]
+        for what, a, b in (
+            ("wall", with_.walls, without.walls),
+            ("client CPU", with_.cpu, without.cpu),
+        ):
+            ratio = statistics.median(a) / statistics.median(b)
+            lines.append(
+                f"  {what:<10} {name + WITH_PROGRESS:<24} / {name:<13} = {ratio:.4f}x "
+                f"({(ratio - 1) * 100:+.2f}%)   [{_spread(a)}] vs [{_spread(b)}]"
+            )
+    return "\n".join(lines)
+
+
+def _spread(values: list[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in sorted(values))
+
+
 def report(cases: list[Case], rows: int) -> str:
     by = {c.name: c for c in cases}
     lines = [
@@ -260,12 +299,17 @@ def main() -> None:
         action="store_true",
         help="also measure Dagster overhead (bench/dagster_overhead.py)",
     )
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        help="only the progress-cost cases: Parquet and CSV with and without progress",
+    )
     args = parser.parse_args()
     dsn = args.dsn or embedded_dsn()
     ensure_events(dsn, args.rows)
     with psycopg.connect(dsn) as conn:
         version = conn.execute("SHOW server_version").fetchone()
-    cases = build_cases(dsn, args.rows, args.quick)
+    cases = progress_cases(dsn) if args.progress else build_cases(dsn, args.rows, args.quick)
     if args.only:
         wanted = [w.strip() for w in args.only.split(",")]
         cases = [c for c in cases if any(w in c.name for w in wanted)]
@@ -279,6 +323,8 @@ def main() -> None:
         f"{os.cpu_count()} cores, medians of {args.rounds} rounds\n\n"
     )
     sys.stdout.write(report(cases, args.rows) + "\n")
+    if args.progress:
+        sys.stdout.write("\n" + progress_report(cases) + "\n")
     kept = [c for c in cases if c.keep and c.keep.exists()]
     if kept:
         labels = {PER_BATCH: "before: group per batch", "parquet zstd": "after: 128k-row groups"}

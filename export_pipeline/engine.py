@@ -17,7 +17,7 @@ export (`ExportStream`: query, format, compression, contract; nothing opened or 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +25,7 @@ from datetime import time as time_of_day
 from typing import Any, Protocol
 
 import psycopg
+import pyarrow as pa
 from psycopg import sql
 
 from export_pipeline.extract.arrow import (
@@ -35,6 +36,7 @@ from export_pipeline.extract.arrow import (
 from export_pipeline.extract.connection import SourceConfig, connect
 from export_pipeline.extract.contract import ContractedQuery, ContractOptions, contract_query
 from export_pipeline.extract.copy import DEFAULT_CHUNK_SIZE, copy_chunks
+from export_pipeline.extract.estimate import planner_estimate
 from export_pipeline.extract.query import (
     Column,
     QueryError,
@@ -54,6 +56,7 @@ from export_pipeline.formats.parquet import (
 )
 from export_pipeline.formats.text import JsonArrayFramer, copy_statement
 from export_pipeline.partitions import Month, validate_customer_key
+from export_pipeline.progress import ProgressMeter, ProgressReporting
 from export_pipeline.spec import Compression, CustomersSpec, DatasetSpec, Format
 from export_pipeline.storage.keys import object_key
 from export_pipeline.storage.writer import (
@@ -136,6 +139,8 @@ class ExportStream:
     contract: ContractOptions = field(default_factory=ContractOptions)
     # A read replica must have replayed past this instant first (a partition's month end).
     replayed_past: datetime | None = None
+    # Progress reports while writing (progress.py); None: none, and no estimate is asked for.
+    progress: ProgressReporting | None = None
 
     @property
     def extension(self) -> str:
@@ -162,6 +167,7 @@ class ExportStream:
             contracted = contract_query(
                 conn, query_text, columns, self.format, self.name, self.contract
             )
+            meter = self._meter(conn, query_text)
             if self.format is not Format.PARQUET:
                 rows = _write_text(
                     conn,
@@ -171,14 +177,22 @@ class ExportStream:
                     self.compression,
                     self.name,
                     self.tuning,
+                    meter,
                 )
                 return Written(rows, columns)
         # Parquet reads through ADBC's own connection; the psycopg one is closed by now, so an
         # export holds one backend on the source, not two.
         rows = _write_parquet(
-            self.source, contracted, writer, self.compression, self.name, self.tuning
+            self.source, contracted, writer, self.compression, self.name, self.tuning, meter
         )
         return Written(rows, columns)
+
+    def _meter(self, conn: psycopg.Connection, query_text: str) -> ProgressMeter | None:
+        """The progress meter, with the caller's estimate or else the planner's."""
+        if self.progress is None:
+            return None
+        estimate = self.progress.estimate or planner_estimate(conn, query_text)
+        return self.progress.meter(estimate)
 
 
 @dataclass(frozen=True)
@@ -304,6 +318,7 @@ def export_query(
     name: str,
     tuning: EngineTuning | None = None,
     contract: ContractOptions | None = None,
+    progress: ProgressReporting | None = None,
 ) -> Delivery:
     """Stream any query's result into the object `key` (the benchmark's entry point)."""
     stream = ExportStream(
@@ -315,6 +330,7 @@ def export_query(
         compression=compression,
         tuning=tuning or EngineTuning(),
         contract=contract or ContractOptions(),
+        progress=progress,
     )
     return deliver(stream, store, key)
 
@@ -326,6 +342,7 @@ def _write_parquet(
     compression: Compression,
     name: str,
     tuning: EngineTuning,
+    meter: ProgressMeter | None = None,
 ) -> int:
     """Batches are read on a background thread while this one encodes the previous one.
 
@@ -340,7 +357,7 @@ def _write_parquet(
     ):
         return write_parquet(
             reader.schema,
-            batches,
+            batches if meter is None else _metered(batches, meter, writer),
             writer,
             compression,
             name,
@@ -358,6 +375,7 @@ def _write_text(
     compression: Compression,
     name: str,
     tuning: EngineTuning,
+    meter: ProgressMeter | None = None,
 ) -> int:
     """Reads COPY and frames, compresses, hashes and writes each chunk on this same thread.
 
@@ -369,7 +387,11 @@ def _write_text(
     statement = copy_statement(fmt, sql.SQL(query_text))
     framer = JsonArrayFramer() if fmt is Format.JSON else None
     compressor = make_compressor(compression)
-    with conn.cursor() as cur, closing(copy_chunks(cur, statement, tuning.chunk_size)) as chunks:
+    on_chunk = None if meter is None else _copy_meter(meter, writer, fmt)
+    with (
+        conn.cursor() as cur,
+        closing(copy_chunks(cur, statement, tuning.chunk_size, on_chunk)) as chunks,
+    ):
         try:
             for chunk in chunks:
                 for data in framer.feed_parts(chunk) if framer else (chunk,):
@@ -384,6 +406,28 @@ def _write_text(
         writer.write(compressor.flush())
     conn.rollback()
     return rows
+
+
+def _copy_meter(meter: ProgressMeter, writer: ObjectWriter, fmt: Format) -> Callable[[int], None]:
+    """COPY messages received -> rows (a CSV header is one message) and bytes written."""
+    header = 1 if fmt is Format.CSV else 0
+
+    def on_chunk(messages: int) -> None:
+        meter.update(messages - header, writer.tell())
+
+    return on_chunk
+
+
+def _metered(
+    batches: Iterator[pa.RecordBatch], meter: ProgressMeter, writer: ObjectWriter
+) -> Iterator[pa.RecordBatch]:
+    """The batches, reporting rows handed to the Parquet writer and bytes it has written
+    (which lag by up to one pending row group)."""
+    rows = 0
+    for batch in batches:
+        yield batch
+        rows += batch.num_rows
+        meter.update(rows, writer.tell())
 
 
 def list_customers(source: SourceConfig, customers: CustomersSpec) -> list[str]:

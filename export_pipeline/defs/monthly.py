@@ -17,6 +17,7 @@ partition, so the failure sensor and the UI show them, and re-running the month 
 
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import dagster as dg
 from pydantic import Field
@@ -33,6 +34,7 @@ from export_pipeline.partitions import (
     MONTH_DIMENSION,
     Month,
 )
+from export_pipeline.progress import ProgressReporting
 from export_pipeline.resources.source import PostgresSourceResource
 from export_pipeline.retryable import is_transient
 from export_pipeline.spec import DatasetSpec, ExportSpec
@@ -81,13 +83,30 @@ def build_monthly_exports_job(spec: ExportSpec) -> dg.JobDefinition:
         names = _chosen(config.datasets, list(spec.datasets), "dataset", "in the spec")
         files = exports_io_manager.files()
         tuning = source.engine_tuning()
+        step_key = context.get_step_execution_context().step.key
+
+        def progress(name: str, customer: str) -> ProgressReporting:
+            # The planner's estimate: no instance query per partition at thousands a month.
+            partition = f"{customer}|{month.start.isoformat()}"
+            return exports_io_manager.progress(
+                context.log, context.instance, context.run, step_key, name, partition
+            )
+
         failed: list[str] = []
         started = time.perf_counter()
         for customer in customers:
             for name in names:
                 what = f"exports/{name} {customer}|{month.start.isoformat()}"
                 try:
-                    event = _export(files, source, spec.datasets[name], customer, month, tuning)
+                    event = _export(
+                        files,
+                        source,
+                        spec.datasets[name],
+                        customer,
+                        month,
+                        tuning,
+                        progress(name, customer),
+                    )
                 except Exception as exc:
                     failure = export_failure(what, exc)
                     context.log.error(failure.description or what)
@@ -153,11 +172,13 @@ def _export(
     customer: str,
     month: Month,
     tuning: EngineTuning,
+    progress: ProgressReporting | None = None,
 ) -> dg.AssetMaterialization:
     """One partition, tried again after a transient failure (a new snapshot each time)."""
     attempt = 1
     while True:
         stream = partition_stream(source.source_config(), dataset, customer, month, tuning)
+        stream = replace(stream, progress=progress)
         try:
             result = files.write(stream, dataset.name, customer, month)
         except Exception as exc:

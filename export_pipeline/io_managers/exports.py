@@ -16,17 +16,20 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from export_pipeline.engine import ExportResult, FileContent, export_key, publish
+from export_pipeline.engine import ExportResult, ExportStream, FileContent, export_key, publish
 from export_pipeline.errors import ExportError
 from export_pipeline.formats.naming import extension
 from export_pipeline.io_managers.failures import export_failure
 from export_pipeline.io_managers.metadata import latest_metadata, materialization_metadata
+from export_pipeline.io_managers.progress import event_log_reporter, previous_month_estimate
 from export_pipeline.partitions import Month, split_partition_key
+from export_pipeline.progress import DEFAULT_EVERY_ROWS, DEFAULT_INTERVAL_SECONDS, ProgressReporting
 from export_pipeline.resources.s3 import ExportS3Resource
 from export_pipeline.spec import Compression, Format
 from export_pipeline.storage.files import StoredFile, StoredFileError
@@ -97,6 +100,17 @@ class ExportIOManager(dg.ConfigurableIOManager):
         description="Key prefix: objects are <prefix>/<customer>/<YYYY-MM>/<dataset>.<ext> "
         "(EXPORT_S3_PREFIX).",
     )
+    progress_interval_seconds: float = Field(
+        default=DEFAULT_INTERVAL_SECONDS,
+        ge=0,
+        description="A running export reports progress to the event log at most this often "
+        "(and only after `progress_every_rows` more rows); see docs/progress.md.",
+    )
+    progress_every_rows: int = Field(
+        default=DEFAULT_EVERY_ROWS,
+        ge=0,
+        description="Rows between progress reports, at least (the later of the two wins).",
+    )
     _store: ObjectStore | None = PrivateAttr(default=None)
 
     @abstractmethod
@@ -122,6 +136,7 @@ class ExportIOManager(dg.ConfigurableIOManager):
         what = f"{context.asset_key.to_user_string()} {context.asset_partition_key}"
         try:
             customer, month = split_partition_key(context.asset_partition_key)
+            obj = self._with_progress(context, obj, customer, month)
             result = self.files().write(obj, dataset, customer, month)
         except Exception as exc:
             raise export_failure(what, exc) from exc
@@ -130,6 +145,54 @@ class ExportIOManager(dg.ConfigurableIOManager):
             f"{result.stored.uri} in {result.duration_seconds:.2f}s"
         )
         context.add_output_metadata(materialization_metadata(result, obj.facts()))
+
+    def progress(
+        self,
+        log: dg.DagsterLogManager,
+        instance: dg.DagsterInstance,
+        run: dg.DagsterRun,
+        step_key: str | None,
+        dataset: str,
+        partition: str,
+        previous: tuple[str, Month] | None = None,
+    ) -> ProgressReporting:
+        """Live progress into the run's event log. With `previous` (customer, month), the
+        estimate is that customer's row count of the month before, where one is recorded;
+        otherwise the engine asks the planner."""
+        estimate = None
+        if previous is not None:
+            asset_key = dg.AssetKey(["exports", dataset])
+            estimate = previous_month_estimate(instance, asset_key, *previous)
+        return ProgressReporting(
+            event_log_reporter(log, instance, run, step_key, dataset, partition),
+            self.progress_interval_seconds,
+            self.progress_every_rows,
+            estimate,
+        )
+
+    def _with_progress(
+        self, context: dg.OutputContext, obj: FileContent, customer: str, month: Month
+    ) -> FileContent:
+        if not isinstance(obj, ExportStream) or obj.progress is not None:
+            return obj
+        try:
+            step = context.step_context
+        except dg.DagsterInvariantViolationError:  # a context built outside a run
+            return obj
+        try:
+            reporting = self.progress(
+                context.log,
+                step.instance,
+                step.dagster_run,
+                context.step_key,
+                context.asset_key.path[-1],
+                context.asset_partition_key,
+                previous=(customer, month),
+            )
+        except Exception as exc:  # progress is best effort; the export is not
+            context.log.warning(f"no progress reports for this export: {exc}")
+            return obj
+        return replace(obj, progress=reporting)
 
     def load_input(self, context: dg.InputContext) -> StoredFile:
         asset_key = context.asset_key

@@ -255,6 +255,10 @@ class S3ObjectStore(ObjectStore):
             raise
         return int(head["ContentLength"])
 
+    def remove(self, key: str) -> None:
+        """DELETE is idempotent in S3: a missing key answers 204 too."""
+        self.client.delete_object(Bucket=self.config.bucket, Key=key)
+
     def open_reader(self, key: str) -> BinaryIO:
         body = self.client.get_object(Bucket=self.config.bucket, Key=key)["Body"]
         return cast(BinaryIO, body)

@@ -7,10 +7,17 @@ import hashlib
 import json
 import threading
 import urllib.parse
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import boto3
+
+from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore
 from export_pipeline.storage.writer import ObjectStore
-from export_pipeline_tests.sigv4_proxy import Faults
+from export_pipeline_tests.conftest import AWS_TEST_KEY_ID, AWS_TEST_SECRET
+from export_pipeline_tests.sigv4_proxy import Faults, sigv4_proxy
 
 
 class RequestLog(Faults):
@@ -70,3 +77,24 @@ def check_delivery(store: ObjectStore, folder: str) -> dict[str, Any]:
         assert len(data) == entry["bytes"], name
         assert entry["key"].startswith(f"{folder}/{name}."), name
     return manifest
+
+
+@contextmanager
+def recording_s3(moto_url: str) -> Iterator[tuple[S3ObjectStore, RequestLog]]:
+    """A new bucket behind a SigV4-checking proxy that records each request's arrival; the
+    store over it (its config holds the proxy's endpoint and the bucket)."""
+    log = RequestLog()
+    with sigv4_proxy(moto_url, {AWS_TEST_KEY_ID: AWS_TEST_SECRET}, log) as url:
+        bucket = f"manifest-{uuid.uuid4().hex[:12]}"
+        boto3.client("s3", endpoint_url=url).create_bucket(Bucket=bucket)
+        yield S3ObjectStore(S3Config(bucket=bucket, endpoint_url=url, part_size=MIN_PART_SIZE)), log
+
+
+def publish_order(log: RequestLog, bucket: str, data_keys: set[str], folder: str) -> list[int]:
+    """[last data object written, manifest written, _SUCCESS written, requests counted], as
+    positions in the order of publishing requests; asserts each happened."""
+    steps = log.publishes(bucket)
+    manifest_at = steps.index(("write", f"{folder}/manifest.json"))
+    success_at = steps.index(("write", f"{folder}/_SUCCESS"))
+    last_data = max(i for i, (op, key) in enumerate(steps) if op == "write" and key in data_keys)
+    return [last_data, manifest_at, success_at, len(steps)]

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 import psycopg
 import pytest
 
@@ -17,6 +16,7 @@ from export_pipeline.errors import ExportError
 from export_pipeline.extract.connection import SourceConfig
 from export_pipeline.manifest import ManifestEntry, write_manifest
 from export_pipeline.partitions import Month
+from export_pipeline.retryable import is_transient
 from export_pipeline.spec import (
     Compression,
     DatasetSpec,
@@ -26,12 +26,18 @@ from export_pipeline.spec import (
     SpecError,
     parse_spec,
 )
+from export_pipeline.storage.keys import StorageConfigError
 from export_pipeline.storage.local import LocalObjectStore
 from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore
-from export_pipeline_tests.conftest import AWS_TEST_KEY_ID, AWS_TEST_SECRET
-from export_pipeline_tests.helpers import files_under
-from export_pipeline_tests.manifest_helpers import RequestLog, check_delivery, read_bytes
-from export_pipeline_tests.sigv4_proxy import sigv4_proxy
+from export_pipeline_tests.helpers import files_under, list_keys
+from export_pipeline_tests.manifest_helpers import (
+    RequestLog,
+    check_delivery,
+    publish_order,
+    read_bytes,
+    recording_s3,
+)
+from export_pipeline_tests.sigv4_proxy import Faults
 
 MARCH = Month(2025, 3)
 FOLDER = "exports/2/2025-03"
@@ -39,13 +45,8 @@ FOLDER = "exports/2/2025-03"
 
 @pytest.fixture
 def recorded_s3(moto_url: str) -> Iterator[tuple[S3ObjectStore, RequestLog, str]]:
-    """An S3 store behind a SigV4-checking proxy that records each request's arrival."""
-    log = RequestLog()
-    with sigv4_proxy(moto_url, {AWS_TEST_KEY_ID: AWS_TEST_SECRET}, log) as url:
-        bucket = f"manifest-{datetime.now(UTC):%H%M%S%f}"
-        boto3.client("s3", endpoint_url=url).create_bucket(Bucket=bucket)
-        config = S3Config(bucket=bucket, endpoint_url=url, part_size=MIN_PART_SIZE)
-        yield S3ObjectStore(config), log, bucket
+    with recording_s3(moto_url) as (store, log):
+        yield store, log, store.config.bucket
 
 
 def _deliver_all(
@@ -67,15 +68,12 @@ def test_manifest_is_written_after_every_file_and_success_after_it_on_s3(
     results = _deliver_all(demo_source, store, demo_spec)
     delivery = write_manifest(store, "2", MARCH, [ManifestEntry.of_result(r) for r in results])
 
-    steps = log.publishes(bucket)
-    data_keys = {r.stored.key for r in results}
-    manifest_at = steps.index(("write", f"{FOLDER}/manifest.json"))
-    success_at = steps.index(("write", f"{FOLDER}/_SUCCESS"))
-    last_data = max(i for i, (op, key) in enumerate(steps) if op == "write" and key in data_keys)
-    assert last_data < manifest_at < success_at == len(steps) - 1
+    last_data, manifest_at, success_at, count = publish_order(
+        log, bucket, {r.stored.key for r in results}, FOLDER
+    )
+    assert last_data < manifest_at < success_at == count - 1
     # Each export first withdrew the delivery: _SUCCESS, then the manifest, then its file.
-    first = steps[:3]
-    assert first == [
+    assert log.publishes(bucket)[:3] == [
         ("delete", f"{FOLDER}/_SUCCESS"),
         ("delete", f"{FOLDER}/manifest.json"),
         ("write", results[0].stored.key),
@@ -187,3 +185,20 @@ def test_success_marker_is_the_manifests_sha256(
     marker = read_bytes(local_store, f"{FOLDER}/_SUCCESS")
     assert marker == hashlib.sha256(body).hexdigest().encode() == delivery.manifest.sha256.encode()
     assert len(marker) == 64
+
+
+def test_a_bucket_policy_without_delete_fails_the_export_clearly_before_writing(
+    demo_source: SourceConfig,
+    demo_spec: ExportSpec,
+    s3_faults: tuple[str, Faults],
+    bucket: str,
+    s3_client: Any,
+) -> None:
+    url, faults = s3_faults
+    faults.fail_next("DELETE", "/_SUCCESS", 1, status=403, code="AccessDenied")
+    store = S3ObjectStore(S3Config(bucket=bucket, endpoint_url=url, part_size=MIN_PART_SIZE))
+    with pytest.raises(StorageConfigError, match="needs s3:DeleteObject on its prefix") as info:
+        export_partition(demo_source, store, demo_spec.datasets["orders"], "2", MARCH)
+    assert f"s3://{bucket}/{FOLDER}/_SUCCESS" in str(info.value)
+    assert not is_transient(info.value)
+    assert list_keys(s3_client, bucket) == []

@@ -77,7 +77,7 @@ def build_manifest_asset(
             f"{delivery.success.uri}"
         )
         notifier = completion_notifier(delivery_webhook, context.log)
-        outcome = notify_completion(notifier, delivery, context.run_id, context.log)
+        outcome = notify_completion(notifier, delivery, context.run.run_id, context.log)
         return dg.MaterializeResult(metadata=manifest_metadata(delivery, outcome))
 
     return _manifest

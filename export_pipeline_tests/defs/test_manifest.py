@@ -17,7 +17,6 @@ import pytest
 from export_pipeline.completion import CompletionNotifier
 from export_pipeline.defs.assets import build_export_asset
 from export_pipeline.defs.manifest import MANIFEST_ASSET_KEY, build_manifest_asset
-from export_pipeline.defs.monthly import build_monthly_exports_job
 from export_pipeline.defs.partitions import build_export_partitions_def
 from export_pipeline.io_managers.exports import (
     EXPORTS_IO_MANAGER_KEY,
@@ -33,6 +32,7 @@ from export_pipeline.storage.local import LocalObjectStore
 from export_pipeline.storage.s3 import MIN_PART_SIZE
 from export_pipeline.webhook import WebhookConfig
 from export_pipeline_tests.defs.test_alerts import receiver
+from export_pipeline_tests.defs.test_monthly import _run_month as run_month
 from export_pipeline_tests.helpers import files_under
 from export_pipeline_tests.manifest_helpers import (
     check_delivery,
@@ -194,17 +194,7 @@ def _run_month(
     config: dict[str, Any] | None = None,
     webhook: DeliveryWebhookResource | None = None,
 ) -> dg.ExecuteInProcessResult:
-    return build_monthly_exports_job(spec).execute_in_process(
-        instance=instance,
-        partition_key="2025-03-01",
-        run_config={"ops": {"export_month": {"config": config or {}}}},
-        resources={
-            "source": PostgresSourceResource(dsn=dsn),
-            EXPORTS_IO_MANAGER_KEY: LocalExportIOManager(base_dir=str(root)),
-            DELIVERY_WEBHOOK_KEY: webhook or DeliveryWebhookResource(),
-        },
-        raise_on_error=False,
-    )
+    return run_month(instance, spec, dsn, root, "2025-03-01", config, webhook)
 
 
 def _manifest_events(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]:

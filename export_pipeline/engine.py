@@ -58,7 +58,7 @@ from export_pipeline.formats.text import JsonArrayFramer, copy_statement
 from export_pipeline.partitions import Month, validate_customer_key
 from export_pipeline.progress import ProgressMeter, ProgressReporting
 from export_pipeline.spec import Compression, CustomersSpec, DatasetSpec, Format
-from export_pipeline.storage.keys import object_key
+from export_pipeline.storage.keys import manifest_key, object_key, success_key
 from export_pipeline.storage.writer import (
     DownloadLink,
     ObjectHeaders,
@@ -84,17 +84,28 @@ class EngineTuning:
 
 @dataclass(frozen=True)
 class Written:
-    """What `FileContent.write_to` put into a writer."""
+    """What `ObjectContent.write_to` put into a writer."""
 
     rows: int
     columns: list[Column]
+    # When the source snapshot the rows were read in was taken (None: not read from a source).
+    snapshot_at: datetime | None = None
 
 
-class FileContent(Protocol):
-    """Something that can write itself into an `ObjectWriter`: an export, later a manifest.
+class ObjectContent(Protocol):
+    """Bytes that can write themselves into an `ObjectWriter`: all `deliver` needs.
 
     The object writer (storage) decides where the bytes go; the content decides what they are.
     """
+
+    @property
+    def content_type(self) -> str: ...
+
+    def write_to(self, writer: ObjectWriter) -> Written: ...
+
+
+class FileContent(ObjectContent, Protocol):
+    """A dataset's file: an export (or anything else stored as one customer-month's dataset)."""
 
     @property
     def name(self) -> str: ...
@@ -107,11 +118,6 @@ class FileContent(Protocol):
 
     @property
     def extension(self) -> str: ...
-
-    @property
-    def content_type(self) -> str: ...
-
-    def write_to(self, writer: ObjectWriter) -> Written: ...
 
     def facts(self) -> dict[str, str | bool]:
         """Settings the file was written with, worth recording next to it."""
@@ -167,6 +173,7 @@ class ExportStream:
             contracted = contract_query(
                 conn, query_text, columns, self.format, self.name, self.contract
             )
+            snapshot_at = _transaction_start(conn)
             meter = self._meter(conn, query_text)
             if self.format is not Format.PARQUET:
                 rows = _write_text(
@@ -179,13 +186,13 @@ class ExportStream:
                     self.tuning,
                     meter,
                 )
-                return Written(rows, columns)
+                return Written(rows, columns, snapshot_at)
         # Parquet reads through ADBC's own connection; the psycopg one is closed by now, so an
         # export holds one backend on the source, not two.
         rows = _write_parquet(
             self.source, contracted, writer, self.compression, self.name, self.tuning, meter
         )
-        return Written(rows, columns)
+        return Written(rows, columns, snapshot_at)
 
     def _meter(self, conn: psycopg.Connection, query_text: str) -> ProgressMeter | None:
         """The progress meter, with the caller's estimate or else the planner's."""
@@ -209,6 +216,7 @@ class ExportResult:
     columns: list[Column]
     duration_seconds: float
     link: DownloadLink | None = field(default=None)
+    snapshot_at: datetime | None = field(default=None)
 
     @property
     def rows_per_second(self) -> float:
@@ -253,11 +261,14 @@ def publish(
 ) -> ExportResult:
     """Write `content` as the customer-month's object of `dataset`; return what was delivered.
 
-    The object appears under its key only once complete (see `storage.writer`). With
-    `sign_link` a presigned download link comes back too (S3 only; a bearer credential).
+    The object appears under its key only once complete (see `storage.writer`). First the
+    customer-month's delivery manifest is withdrawn (`invalidate_delivery`): it would no longer
+    describe the objects once this one is replaced, or if this export fails. With `sign_link` a
+    presigned download link comes back too (S3 only; a bearer credential).
     """
     started = time.perf_counter()
     key = export_key(store, dataset, customer, month, content.extension)
+    invalidate_delivery(store, customer, month)
     delivery = deliver(content, store, key)
     return ExportResult(
         dataset=dataset,
@@ -270,7 +281,17 @@ def publish(
         columns=delivery.columns,
         duration_seconds=time.perf_counter() - started,
         link=store.download_link(key) if sign_link else None,
+        snapshot_at=delivery.snapshot_at,
     )
+
+
+def invalidate_delivery(store: ObjectStore, customer: str, month: Month) -> None:
+    """Remove the customer-month's `_SUCCESS`, then its `manifest.json` (docs/manifest.md).
+
+    In this order, so that whenever `_SUCCESS` exists the manifest it names exists too.
+    """
+    store.remove(success_key(store.prefix, customer, month))
+    store.remove(manifest_key(store.prefix, customer, month))
 
 
 def export_partition(
@@ -291,9 +312,10 @@ class Delivery:
     rows: int
     stored: StoredObject
     columns: list[Column]
+    snapshot_at: datetime | None = None
 
 
-def deliver(content: FileContent, store: ObjectStore, key: str) -> Delivery:
+def deliver(content: ObjectContent, store: ObjectStore, key: str) -> Delivery:
     """Write `content` to the object `key`, published only when complete.
 
     First removes what an earlier writer of the same key left when it was killed outright
@@ -303,7 +325,7 @@ def deliver(content: FileContent, store: ObjectStore, key: str) -> Delivery:
     headers = ObjectHeaders(content.content_type, key.rsplit("/")[-1])
     with store.open_writer(key, headers) as writer:
         written = content.write_to(writer)
-        return Delivery(written.rows, writer.commit(), written.columns)
+        return Delivery(written.rows, writer.commit(), written.columns, written.snapshot_at)
 
 
 def export_query(
@@ -333,6 +355,18 @@ def export_query(
         progress=progress,
     )
     return deliver(stream, store, key)
+
+
+def _transaction_start(conn: psycopg.Connection) -> datetime:
+    """The source server's clock when the current transaction began (`now()`), in UTC.
+
+    The rows are read in a snapshot taken at or after this instant: later in this transaction
+    (text formats' COPY) or on a connection opened after it (Parquet's ADBC reader). So every
+    transaction committed on the source before it is in the file (docs/manifest.md).
+    """
+    row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    return row[0].astimezone(UTC)
 
 
 def _write_parquet(

@@ -23,6 +23,7 @@ from export_pipeline.io_managers.exports import (
     S3ExportIOManager,
 )
 from export_pipeline.resources.alerts import AlertWebhookResource
+from export_pipeline.resources.delivery import DeliveryWebhookResource
 from export_pipeline.resources.s3 import ExportS3Resource
 from export_pipeline.resources.source import PostgresSourceResource
 from export_pipeline.resources.state import ExportStateResource
@@ -48,6 +49,9 @@ SCHEDULE_TIMEZONE = "EXPORT_SCHEDULE_TIMEZONE"
 STATE_DSN = "EXPORT_STATE_DSN"
 ALERT_WEBHOOK_URL = "EXPORT_ALERT_WEBHOOK_URL"
 ALERT_WEBHOOK_SECRET = "EXPORT_ALERT_WEBHOOK_SECRET"
+DELIVERY_WEBHOOK_URL = "EXPORT_DELIVERY_WEBHOOK_URL"
+DELIVERY_WEBHOOK_SECRET = "EXPORT_DELIVERY_WEBHOOK_SECRET"
+DELIVERY_WEBHOOK_KEY = "delivery_webhook"
 
 
 def spec_path(env: Mapping[str, str] | None = None) -> Path:
@@ -97,6 +101,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {
         "source": PostgresSourceResource(dsn=dg.EnvVar(SOURCE_DSN)),
         EXPORTS_IO_MANAGER_KEY: exports_io_manager(env),
+        DELIVERY_WEBHOOK_KEY: delivery_webhook(env),
         **state_resources(env),
     }
 
@@ -159,3 +164,13 @@ def state_resources(env: Mapping[str, str]) -> dict[str, Any]:
         if env.get(var)
     }
     return {"state": ExportStateResource(**state), "alerts": AlertWebhookResource(**alerts)}
+
+
+def delivery_webhook(env: Mapping[str, str]) -> DeliveryWebhookResource:
+    """The optional completion webhook (docs/manifest.md); unset variables: no webhook."""
+    settings: dict[str, Any] = {
+        field: dg.EnvVar(var)
+        for field, var in (("url", DELIVERY_WEBHOOK_URL), ("secret", DELIVERY_WEBHOOK_SECRET))
+        if env.get(var)
+    }
+    return DeliveryWebhookResource(**settings)

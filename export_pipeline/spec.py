@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from export_pipeline.errors import ExportError
+from export_pipeline.storage.keys import RESERVED_DATASET_NAMES
 
 
 class SpecError(ExportError, ValueError):
@@ -244,6 +245,12 @@ def _dataset(v: _Validator, name: str, raw: Any) -> DatasetSpec:
             key,
             "dataset names must be lower-case letters, digits and _, starting with a "
             "letter (they become asset keys and file names)",
+        )
+    if name in RESERVED_DATASET_NAMES:
+        v.fail(
+            key,
+            f"the name {name!r} is reserved: each customer-month's {name}.json delivery "
+            "manifest sits next to the dataset files (docs/manifest.md)",
         )
     m = v.mapping(
         raw,

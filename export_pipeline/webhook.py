@@ -47,6 +47,7 @@ class Delivery:
     ok: bool
     attempts: int
     detail: str  # "HTTP 200", "HTTP 400", "connection error: ...": no secrets
+    status: int | None = None  # the last HTTP status answered; None if none was
 
 
 def encode(payload: Mapping[str, Any]) -> bytes:
@@ -71,7 +72,7 @@ def post(
     """POST the payload; retry 5xx and connection errors with exponential backoff (bounded by
     max_attempts and max_backoff_seconds); never retry other statuses."""
     body = encode(payload)
-    detail = "not sent"
+    detail, status = "not sent", None
     for attempt in range(1, max(1, config.max_attempts) + 1):
         timestamp = str(int(time.time()))
         request = urllib.request.Request(
@@ -87,14 +88,14 @@ def post(
         )
         try:
             with urllib.request.urlopen(request, timeout=config.timeout_seconds) as response:
-                return Delivery(True, attempt, f"HTTP {response.status}")
+                return Delivery(True, attempt, f"HTTP {response.status}", response.status)
         except urllib.error.HTTPError as exc:
-            detail = f"HTTP {exc.code}"
+            detail, status = f"HTTP {exc.code}", exc.code
             if exc.code < 500:
-                return Delivery(False, attempt, detail)
+                return Delivery(False, attempt, detail, status)
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
-            detail = f"connection error: {type(reason).__name__}"
+            detail, status = f"connection error: {type(reason).__name__}", None
         if attempt < config.max_attempts:
             sleep(min(config.backoff_seconds * 2 ** (attempt - 1), config.max_backoff_seconds))
-    return Delivery(False, max(1, config.max_attempts), detail)
+    return Delivery(False, max(1, config.max_attempts), detail, status)

@@ -55,6 +55,7 @@ def test_dg_list_defs(tmp_path: Path, demo_dsn: str) -> None:
         "exports/events",
         "exports/invoices",
         "exports/orders",
+        "exports_manifest",
     ]
     assert "customers_sensor" in [s["name"] for s in listed["sensors"]]
     assert listed["schedules"] == [

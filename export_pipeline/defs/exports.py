@@ -10,6 +10,7 @@ import dagster as dg
 
 from export_pipeline.defs.assets import build_export_asset
 from export_pipeline.defs.checks import build_export_checks
+from export_pipeline.defs.manifest import build_manifest_asset
 from export_pipeline.defs.monthly import build_monthly_exports_job
 from export_pipeline.defs.partitions import build_export_partitions_def
 from export_pipeline.defs.schedules import build_monthly_schedule
@@ -24,7 +25,10 @@ def exports() -> dg.Definitions:
     when = schedule_settings()
     monthly_job = build_monthly_exports_job(spec)
     return dg.Definitions(
-        assets=[build_export_asset(d, partitions_def) for d in spec.datasets.values()],
+        assets=[
+            *(build_export_asset(d, partitions_def) for d in spec.datasets.values()),
+            build_manifest_asset(spec, partitions_def),
+        ],
         asset_checks=[build_export_checks(d, partitions_def) for d in spec.datasets.values()],
         jobs=[monthly_job],
         schedules=[

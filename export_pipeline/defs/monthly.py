@@ -13,21 +13,36 @@ month instead, and a UI backfill of it over N months is N runs.
 Failures: transient ones are retried in place (3 tries, 2 s then 4 s apart); a partition
 that still fails is reported and the loop goes on; the run then fails, naming every failed
 partition, so the failure sensor and the UI show them, and re-running the month redoes all.
+
+Manifests: once every dataset of a customer is delivered, the run writes that customer-month's
+`manifest.json` and `_SUCCESS`, posts the completion webhook, and records a materialization of
+`exports_manifest` (as the asset would). A customer with a failed dataset gets none (its first
+export already withdrew the old one). When `datasets` narrows the run, the other datasets are
+listed from their latest materializations, if they have one and their file is still there.
 """
 
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from export_pipeline.defs.assets import SOURCE_POOL
 from export_pipeline.defs.checks import check_evaluations
+from export_pipeline.defs.manifest import (
+    MANIFEST_ASSET_KEY,
+    completion_notifier,
+    manifest_metadata,
+    notify_completion,
+)
 from export_pipeline.engine import EngineTuning, ExportResult, partition_stream
+from export_pipeline.errors import ExportError
 from export_pipeline.io_managers.exports import ExportFiles, ExportIOManager
 from export_pipeline.io_managers.failures import export_failure
-from export_pipeline.io_managers.metadata import materialization_metadata
+from export_pipeline.io_managers.metadata import latest_metadata, materialization_metadata
+from export_pipeline.manifest import ManifestEntry
 from export_pipeline.partitions import (
     CUSTOMER_DIMENSION,
     CUSTOMERS_PARTITIONS_NAME,
@@ -35,6 +50,7 @@ from export_pipeline.partitions import (
     Month,
 )
 from export_pipeline.progress import ProgressReporting
+from export_pipeline.resources.delivery import DeliveryWebhookResource
 from export_pipeline.resources.source import PostgresSourceResource
 from export_pipeline.retryable import is_transient
 from export_pipeline.spec import DatasetSpec, ExportSpec
@@ -75,6 +91,7 @@ def build_monthly_exports_job(spec: ExportSpec) -> dg.JobDefinition:
         config: MonthlyExportConfig,
         source: PostgresSourceResource,
         exports_io_manager: dg.ResourceParam[ExportIOManager],
+        delivery_webhook: DeliveryWebhookResource,
     ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
         month = Month.parse(context.partition_key)
         _pool_instance_connections(context.instance)
@@ -92,13 +109,16 @@ def build_monthly_exports_job(spec: ExportSpec) -> dg.JobDefinition:
                 context.log, context.instance, context.run, step_key, name, partition
             )
 
+        notifier = completion_notifier(delivery_webhook, context.log)
         failed: list[str] = []
+        manifests = 0
         started = time.perf_counter()
         for customer in customers:
+            delivered: dict[str, ManifestEntry] = {}
             for name in names:
                 what = f"exports/{name} {customer}|{month.start.isoformat()}"
                 try:
-                    event = _export(
+                    result, facts = _export(
                         files,
                         source,
                         spec.datasets[name],
@@ -112,12 +132,38 @@ def build_monthly_exports_job(spec: ExportSpec) -> dg.JobDefinition:
                     context.log.error(failure.description or what)
                     failed.append(failure.description or what)
                     continue
+                delivered[name] = ManifestEntry.of_result(result)
+                event = _materialization(
+                    dg.AssetKey(["exports", name]),
+                    customer,
+                    month,
+                    materialization_metadata(result, facts),
+                )
                 yield event
                 if config.run_checks:
                     yield from check_evaluations(context.instance, files, event)
+            if len(delivered) < len(names):
+                continue  # a dataset failed: no manifest
+            what = f"{MANIFEST_ASSET_KEY.to_user_string()} {customer}|{month.start.isoformat()}"
+            try:
+                entries = _manifest_entries(context, files, spec, customer, month, delivered)
+                if entries is None:
+                    continue
+                delivery = files.write_manifest(customer, month, entries)
+            except Exception as exc:
+                failure = export_failure(what, exc)
+                context.log.error(failure.description or what)
+                failed.append(failure.description or what)
+                continue
+            outcome = notify_completion(notifier, delivery, context.run_id, context.log)
+            manifests += 1
+            yield _materialization(
+                MANIFEST_ASSET_KEY, customer, month, manifest_metadata(delivery, outcome)
+            )
         total = len(customers) * len(names)
         context.log.info(
-            f"{month}: {total - len(failed)} of {total} exports done in "
+            f"{month}: {total - len(failed)} of {total} exports done, {manifests} of "
+            f"{len(customers)} customers' manifests written in "
             f"{time.perf_counter() - started:.1f}s"
         )
         if failed:
@@ -173,33 +219,68 @@ def _export(
     month: Month,
     tuning: EngineTuning,
     progress: ProgressReporting | None = None,
-) -> dg.AssetMaterialization:
-    """One partition, tried again after a transient failure (a new snapshot each time)."""
+) -> tuple[ExportResult, dict[str, str | bool]]:
+    """One partition, tried again after a transient failure (a new snapshot each time);
+    what was delivered, and the stream's facts (type-contract options) to record with it."""
     attempt = 1
     while True:
         stream = partition_stream(source.source_config(), dataset, customer, month, tuning)
         stream = replace(stream, progress=progress)
         try:
-            result = files.write(stream, dataset.name, customer, month)
+            return files.write(stream, dataset.name, customer, month), stream.facts()
         except Exception as exc:
             if attempt >= TRIES or not is_transient(exc):
                 raise
             time.sleep(RETRY_WAIT_SECONDS * 2 ** (attempt - 1))
             attempt += 1
+
+
+def _manifest_entries(
+    context: dg.OpExecutionContext,
+    files: ExportFiles,
+    spec: ExportSpec,
+    customer: str,
+    month: Month,
+    delivered: dict[str, ManifestEntry],
+) -> list[ManifestEntry] | None:
+    """Every dataset's entry: this run's exports, else the latest recorded one (a run narrowed
+    to some datasets). None, with a warning, if a dataset has no file to list."""
+    entries = list(delivered.values())
+    partition = str(_partition_key(customer, month))
+    for name in spec.datasets:
+        if name in delivered:
             continue
-        return _materialization(result, stream.facts())
+        recorded = latest_metadata(context.instance, dg.AssetKey(["exports", name]), partition)
+        if recorded is None:
+            context.log.warning(
+                f"no manifest for {customer} {month}: exports/{name} was never delivered"
+            )
+            return None
+        try:
+            stored = files.handle(name, customer, month, recorded)
+        except (ExportError, KeyError, ValueError) as exc:
+            context.log.warning(f"no manifest for {customer} {month}: exports/{name}: {exc}")
+            return None
+        entries.append(ManifestEntry.of_file(name, stored))
+    return entries
 
 
-def _materialization(result: ExportResult, facts: dict[str, str | bool]) -> dg.AssetMaterialization:
-    month_key = result.month.start.isoformat()
+def _partition_key(customer: str, month: Month) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey(
+        {CUSTOMER_DIMENSION: customer, MONTH_DIMENSION: month.start.isoformat()}
+    )
+
+
+def _materialization(
+    asset_key: dg.AssetKey, customer: str, month: Month, metadata: dict[str, Any]
+) -> dg.AssetMaterialization:
+    month_key = month.start.isoformat()
     return dg.AssetMaterialization(
-        asset_key=dg.AssetKey(["exports", result.dataset]),
-        partition=dg.MultiPartitionKey(
-            {CUSTOMER_DIMENSION: result.customer, MONTH_DIMENSION: month_key}
-        ),
-        metadata=materialization_metadata(result, facts),
+        asset_key=asset_key,
+        partition=_partition_key(customer, month),
+        metadata=metadata,
         tags={
-            f"dagster/partition/{CUSTOMER_DIMENSION}": result.customer,
+            f"dagster/partition/{CUSTOMER_DIMENSION}": customer,
             f"dagster/partition/{MONTH_DIMENSION}": month_key,
         },
     )

@@ -15,8 +15,9 @@ work, and thin `ConfigurableIOManager`s translate Dagster's context into its cal
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -28,6 +29,7 @@ from export_pipeline.formats.naming import extension
 from export_pipeline.io_managers.failures import export_failure
 from export_pipeline.io_managers.metadata import latest_metadata, materialization_metadata
 from export_pipeline.io_managers.progress import event_log_reporter, previous_month_estimate
+from export_pipeline.manifest import ManifestDelivery, ManifestEntry, write_manifest
 from export_pipeline.partitions import Month, split_partition_key
 from export_pipeline.progress import DEFAULT_EVERY_ROWS, DEFAULT_INTERVAL_SECONDS, ProgressReporting
 from export_pipeline.resources.s3 import ExportS3Resource
@@ -78,6 +80,7 @@ class ExportFiles:
                 f"{uri}: recorded {recorded['size_bytes']} bytes, found {found}; "
                 "re-materialize the partition"
             )
+        schema = recorded.get("dagster/column_schema")
         return StoredFile(
             store=self.store,
             key=key,
@@ -87,7 +90,21 @@ class ExportFiles:
             row_count=recorded["dagster/row_count"],
             format=fmt,
             compression=compression,
+            columns=tuple((c.name, c.type) for c in getattr(schema, "columns", ())),
+            snapshot_at=_instant(recorded.get("snapshot_at")),
+            link_expires_at=_instant(recorded.get("download_url_expires_at")),
         )
+
+    def write_manifest(
+        self, customer: str, month: Month, entries: Sequence[ManifestEntry]
+    ) -> ManifestDelivery:
+        """The customer-month's manifest.json, then _SUCCESS (see `export_pipeline.manifest`)."""
+        return write_manifest(self.store, customer, month, entries)
+
+
+def _instant(recorded: float | None) -> datetime | None:
+    """A timestamp as recorded metadata holds it (seconds since the epoch), as a datetime."""
+    return None if recorded is None else datetime.fromtimestamp(recorded, UTC)
 
 
 class ExportIOManager(dg.ConfigurableIOManager):

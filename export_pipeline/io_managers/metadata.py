@@ -39,6 +39,8 @@ def materialization_metadata(
             if isinstance(value, bool)
             else dg.MetadataValue.text(value)
         )
+    if result.snapshot_at is not None:
+        metadata["snapshot_at"] = dg.MetadataValue.timestamp(result.snapshot_at)
     if result.link is not None:
         metadata["download_url"] = dg.MetadataValue.url(result.link.url)
         metadata["download_url_expires_at"] = dg.MetadataValue.timestamp(result.link.expires_at)

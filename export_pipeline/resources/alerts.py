@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import dagster as dg
 from pydantic import Field
 
@@ -10,6 +12,10 @@ from export_pipeline.webhook import WebhookConfig, WebhookConfigError, safe_url
 
 class AlertWebhookResource(dg.ConfigurableResource):
     """Where failed export runs are POSTed, signed with HMAC-SHA256. No URL: no webhook."""
+
+    # The variables that set url and secret, named in errors (DeliveryWebhookResource has its own).
+    url_variable: ClassVar[str] = "EXPORT_ALERT_WEBHOOK_URL"
+    secret_variable: ClassVar[str] = "EXPORT_ALERT_WEBHOOK_SECRET"
 
     url: str | None = Field(
         default=None, description="Webhook URL (EXPORT_ALERT_WEBHOOK_URL); unset disables it."
@@ -23,15 +29,15 @@ class AlertWebhookResource(dg.ConfigurableResource):
     )
 
     def __repr__(self) -> str:
-        return f"AlertWebhookResource(url={safe_url(self.url) if self.url else None!r}, ...)"
+        return f"{type(self).__name__}(url={safe_url(self.url) if self.url else None!r}, ...)"
 
     def webhook_config(self) -> WebhookConfig | None:
         if not self.url:
             return None
         if not self.secret:
             raise WebhookConfigError(
-                "EXPORT_ALERT_WEBHOOK_URL is set but EXPORT_ALERT_WEBHOOK_SECRET is not: "
-                "alerts are only sent signed"
+                f"{self.url_variable} is set but {self.secret_variable} is not: "
+                "webhooks are only sent signed"
             )
         return WebhookConfig(
             self.url,

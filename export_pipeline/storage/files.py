@@ -8,6 +8,7 @@ columns asked for), so nothing is downloaded up front.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from export_pipeline.errors import ExportError
@@ -33,6 +34,11 @@ class StoredFile:
     row_count: int
     format: Format
     compression: Compression
+    # What the materialization also recorded: columns as (name, PostgreSQL type), when the
+    # source snapshot was taken, when its recorded download link expires (None: not recorded).
+    columns: tuple[tuple[str, str], ...] = ()
+    snapshot_at: datetime | None = None
+    link_expires_at: datetime | None = None
 
     def open(self) -> BinaryIO:
         """The object's bytes exactly as stored: a `.csv.gz` stays gzip-compressed, so the

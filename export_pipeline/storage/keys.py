@@ -1,4 +1,5 @@
-"""Object keys: `<prefix>/<customer>/<YYYY-MM>/<dataset>.<ext>`.
+"""Object keys: `<prefix>/<customer>/<YYYY-MM>/<dataset>.<ext>`, and next to them the
+customer-month's `manifest.json` and `_SUCCESS` (docs/manifest.md).
 
 The customer is its own path segment, validated so it cannot escape it; see
 `partitions.validate_customer_key`.
@@ -12,6 +13,11 @@ from export_pipeline.errors import ExportError
 from export_pipeline.partitions import Month, validate_customer_key
 
 _PREFIX_SEGMENT_RE = re.compile(r"[A-Za-z0-9._=-]+")
+
+MANIFEST_STEM, MANIFEST_EXTENSION = "manifest", ".json"
+SUCCESS_NAME = "_SUCCESS"
+# Dataset names whose files could be taken for the delivery's own files (spec.py rejects them).
+RESERVED_DATASET_NAMES = frozenset({MANIFEST_STEM})
 
 
 class StorageConfigError(ExportError, ValueError):
@@ -37,3 +43,13 @@ def object_key(prefix: str, customer: str, month: Month, dataset: str, extension
     customer = validate_customer_key(customer)
     parts = [normalize_prefix(prefix), customer, str(month), f"{dataset}{extension}"]
     return "/".join(p for p in parts if p)
+
+
+def manifest_key(prefix: str, customer: str, month: Month) -> str:
+    """The key of the customer-month's `manifest.json`, next to its exports."""
+    return object_key(prefix, customer, month, MANIFEST_STEM, MANIFEST_EXTENSION)
+
+
+def success_key(prefix: str, customer: str, month: Month) -> str:
+    """The key of the customer-month's `_SUCCESS` marker, next to its exports."""
+    return object_key(prefix, customer, month, SUCCESS_NAME, "")

@@ -91,6 +91,9 @@ class LocalObjectStore(ObjectStore):
         except FileNotFoundError:
             return None
 
+    def remove(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
     def open_reader(self, key: str) -> BinaryIO:
         return open(self.path(key), "rb")
 

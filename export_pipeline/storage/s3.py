@@ -365,6 +365,19 @@ class S3ObjectStore(ObjectStore):
             raise
         return int(head["ContentLength"])
 
+    def remove(self, key: str) -> None:
+        """DELETE is idempotent in S3: a missing key answers 204 too."""
+        try:
+            self.client.delete_object(Bucket=self.config.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "AccessDenied":
+                raise
+            raise StorageConfigError(
+                f"cannot delete {self.uri(key)}: access denied; the exporter needs "
+                "s3:DeleteObject on its prefix to withdraw a delivery's manifest before "
+                "re-exporting (docs/manifest.md)"
+            ) from exc
+
     def open_reader(self, key: str) -> BinaryIO:
         body = self.client.get_object(Bucket=self.config.bucket, Key=key)["Body"]
         return cast(BinaryIO, body)

@@ -134,6 +134,10 @@ class ObjectStore(ABC):
         """The object's size in bytes (a HEAD or a stat, never a download); None if absent."""
 
     @abstractmethod
+    def remove(self, key: str) -> None:
+        """Delete the object `key`; nothing happens if there is none."""
+
+    @abstractmethod
     def open_reader(self, key: str) -> BinaryIO:
         """The object's bytes as stored, streamed (a compressed file stays compressed)."""
 

@@ -29,7 +29,10 @@ def test_definitions_load_one_partitioned_asset_per_dataset(
 ) -> None:
     defs = _load(monkeypatch)
     keys = {a.key for a in defs.assets or []}  # type: ignore[union-attr]
-    assert keys == {dg.AssetKey(["exports", d]) for d in ("events", "orders", "invoices")}
+    assert keys == {
+        *(dg.AssetKey(["exports", d]) for d in ("events", "orders", "invoices")),
+        dg.AssetKey(["exports_manifest"]),
+    }
     repo = defs.get_repository_def()
     events = repo.assets_defs_by_key[dg.AssetKey(["exports", "events"])]
     pdef = events.partitions_def

@@ -11,11 +11,13 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from export_pipeline.defs.manifest import MANIFEST_ASSET_KEY
 from export_pipeline.defs.monthly import build_monthly_exports_job
 from export_pipeline.defs.schedules import build_monthly_schedule
 from export_pipeline.io_managers.exports import EXPORTS_IO_MANAGER_KEY, LocalExportIOManager
+from export_pipeline.resources.delivery import DeliveryWebhookResource
 from export_pipeline.resources.source import PostgresSourceResource
-from export_pipeline.settings import SettingsError, schedule_settings
+from export_pipeline.settings import DELIVERY_WEBHOOK_KEY, SettingsError, schedule_settings
 from export_pipeline.spec import ExportSpec
 from export_pipeline_tests.helpers import sqlalchemy_url
 
@@ -29,6 +31,7 @@ def _run_month(
     root: Path,
     month: str,
     config: dict[str, Any] | None = None,
+    webhook: DeliveryWebhookResource | None = None,
 ) -> dg.ExecuteInProcessResult:
     job = build_monthly_exports_job(spec)
     return job.execute_in_process(
@@ -38,6 +41,7 @@ def _run_month(
         resources={
             "source": PostgresSourceResource(dsn=dsn),
             EXPORTS_IO_MANAGER_KEY: LocalExportIOManager(base_dir=str(root)),
+            DELIVERY_WEBHOOK_KEY: webhook or DeliveryWebhookResource(),
         },
         raise_on_error=False,
     )
@@ -64,7 +68,14 @@ def test_one_run_records_every_customer_month(
         result = _run_month(instance, demo_spec, demo_dsn, tmp_path, "2025-04-01")
         assert result.success
         events = result.asset_materializations_for_node("export_month")
-        assert len(events) == 9  # 3 customers x 3 datasets, each its own event
+        # 3 customers x 3 datasets, each its own event, and each customer's manifest
+        assert len(events) == 12
+        manifests = [e for e in events if e.asset_key == MANIFEST_ASSET_KEY]
+        assert {str(e.partition) for e in manifests} == {
+            "1|2025-04-01",
+            "2|2025-04-01",
+            "3|2025-04-01",
+        }
         for customer in ("1", "2", "3"):
             for dataset, ext in (
                 ("events", "parquet"),
@@ -138,6 +149,7 @@ def _repo(job: dg.JobDefinition, schedule: dg.ScheduleDefinition) -> dg.Reposito
     resources = {
         "source": PostgresSourceResource(dsn="postgresql://unused@127.0.0.1:1/x"),
         EXPORTS_IO_MANAGER_KEY: LocalExportIOManager(base_dir="/nonexistent"),
+        DELIVERY_WEBHOOK_KEY: DeliveryWebhookResource(),
     }
     return dg.Definitions(
         jobs=[job], schedules=[schedule], resources=resources

@@ -17,7 +17,9 @@ from export_pipeline.defs.monthly import build_monthly_exports_job
 from export_pipeline.defs.partitions import build_export_partitions_def
 from export_pipeline.io_managers.exports import EXPORTS_IO_MANAGER_KEY, LocalExportIOManager
 from export_pipeline.io_managers.progress import latest_progress
+from export_pipeline.resources.delivery import DeliveryWebhookResource
 from export_pipeline.resources.source import PostgresSourceResource
+from export_pipeline.settings import DELIVERY_WEBHOOK_KEY
 from export_pipeline.spec import Compression, CustomersSpec, DatasetSpec, ExportSpec, Format
 
 ROWS = 1500
@@ -63,6 +65,7 @@ def _resources(dsn: str, root: Path) -> dict[str, Any]:
             progress_interval_seconds=INTERVAL,
             progress_every_rows=EVERY_ROWS,
         ),
+        DELIVERY_WEBHOOK_KEY: DeliveryWebhookResource(),
     }
 
 

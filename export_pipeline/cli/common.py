@@ -81,6 +81,7 @@ class Target:
     customer: str
     month: Month
     datasets: list[str]
+    manifest: bool = False  # also write the delivery manifest (docs/manifest.md)
 
     @property
     def partition_key(self) -> str:

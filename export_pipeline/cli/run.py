@@ -39,6 +39,7 @@ from export_pipeline.cli.common import (
 )
 from export_pipeline.cli.output import human_bytes, print_json, print_table, stderr_console
 from export_pipeline.cli.progress import RunProgress
+from export_pipeline.defs.manifest import MANIFEST_ASSET_KEY
 from export_pipeline.settings import exports_io_manager
 
 PARTITION_TAG = "dagster/partition"
@@ -76,7 +77,9 @@ def command(args: argparse.Namespace) -> int:
     datasets = check_datasets(spec, args.datasets)
     exports_io_manager(os.environ)  # storage must be configured, or the code cannot load
     with open_instance() as instance:
-        target = Target(check_customer(instance, args.customer), month, datasets)
+        # Every dataset: the manifest too (an export withdraws it); some: it stays withdrawn.
+        everything = set(datasets) == set(spec.datasets)
+        target = Target(check_customer(instance, args.customer), month, datasets, everything)
         run, state = execute(instance, target, verbose=args.verbose)
     rows = summary(target, run, state)
     if args.json:
@@ -108,8 +111,14 @@ def command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def selected_assets(target: Target) -> set[dg.AssetKey]:
+    """The exports of the target's datasets, and the manifest when it is asked for."""
+    keys = {dg.AssetKey(["exports", name]) for name in target.datasets}
+    return keys | {MANIFEST_ASSET_KEY} if target.manifest else keys
+
+
 def materialize_command(target: Target) -> list[str]:
-    selection = ",".join(f"exports/{name}" for name in target.datasets)
+    selection = ",".join(key.to_user_string() for key in selected_assets(target))
     return [
         sys.executable,
         "-m",
@@ -220,7 +229,7 @@ def find_new_run(
     instance: dg.DagsterInstance, target: Target, before: set[str], started: float
 ) -> str | None:
     """The run the child created: new, for this partition and exactly these assets."""
-    wanted = {dg.AssetKey(["exports", name]) for name in target.datasets}
+    wanted = selected_assets(target)
     runs = instance.get_runs(
         dg.RunsFilter(
             tags={PARTITION_TAG: target.partition_key},

@@ -16,10 +16,19 @@ from export_pipeline_tests.cli.conftest import make_cli, one_line
 def test_run_and_link_with_local_storage(tmp_path: Path, demo_dsn: str) -> None:
     storage = tmp_path / "storage"
     cli = make_cli(tmp_path, ["2"], EXPORT_SOURCE_DSN=demo_dsn, EXPORT_STORAGE_DIR=str(storage))
-    # TTY_COMPATIBLE=1: rich draws the progress view as on a terminal
-    proc = cli("run", "2", "2025-02", "--dataset", "invoices", env={"TTY_COMPATIBLE": "1"})
+    # TTY_COMPATIBLE=1: rich draws the progress view as on a terminal. Every dataset: the
+    # delivery manifest is written too, naming each file's sha256.
+    proc = cli("run", "2", "2025-02", env={"TTY_COMPATIBLE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    path = storage / "exports" / "2" / "2025-02" / "invoices.csv.gz"
+    folder = storage / "exports" / "2" / "2025-02"
+    manifest = (folder / "manifest.json").read_bytes()
+    assert (folder / "_SUCCESS").read_text() == hashlib.sha256(manifest).hexdigest()
+    listed = json.loads(manifest)["datasets"]
+    assert set(listed) == {"events", "orders", "invoices"}
+    for entry in listed.values():
+        name = entry["key"].rsplit("/", 1)[-1]
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == entry["sha256"]
+    path = folder / "invoices.csv.gz"
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     with cli.instance() as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey(["exports", "invoices"]))

@@ -1,7 +1,8 @@
 """Connections to the source database that cannot write and cannot run forever.
 
-Every session is read-only (`default_transaction_read_only`), has a statement timeout and runs
-in UTC, set through libpq `options` so both psycopg and the ADBC driver (also libpq) get them
+Every session is read-only (`default_transaction_read_only`), has a statement timeout, runs
+in UTC and reads rows in a repeatable order (no parallel workers, no synchronized scans), set
+through libpq `options` so both psycopg and the ADBC driver (also libpq) get them
 before the first query. A connection pooler (PgBouncer) or proxy may drop `options`; then the
 month windows would silently shift. So every new session is checked in one round trip
 (`SESSION_SETTINGS`) and refused, permanently, if a setting that shapes the file did not take.
@@ -44,6 +45,8 @@ EXPECTED_SETTINGS: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("default_transaction_read_only", "on", frozenset({"on"})),
     ("DateStyle", "ISO, YMD", frozenset({"ISO, YMD"})),
     ("IntervalStyle", "postgres", frozenset({"postgres"})),
+    ("max_parallel_workers_per_gather", "0", frozenset({"0"})),
+    ("synchronize_seqscans", "off", frozenset({"off"})),
 )
 SESSION_SETTINGS = "SELECT " + ", ".join(
     f"current_setting('{name}') AS \"{name}\"" for name, _, _ in EXPECTED_SETTINGS
@@ -103,6 +106,12 @@ class SourceConfig:
             f"{int(self.idle_in_transaction_timeout_seconds) * 1000}"
             " -c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres"
             " -c extra_float_digits=1 -c client_encoding=UTF8"
+            # Rows in the same order on every run, so a retry on an unchanged source writes a
+            # byte-identical file: no parallel workers (their rows interleave at random; also,
+            # an export then holds exactly one backend, which the source pool counts), and
+            # sequential scans start at the first block (a synchronized scan of a large table
+            # starts wherever another scan is).
+            " -c max_parallel_workers_per_gather=0 -c synchronize_seqscans=off"
         )
         existing = str(params.pop("options", "") or "")
         options = f"{existing} {ours}".strip()

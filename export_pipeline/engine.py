@@ -22,18 +22,20 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from datetime import time as time_of_day
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 import pyarrow as pa
 from psycopg import sql
 
 from export_pipeline.extract.arrow import (
     DEFAULT_BATCH_SIZE_HINT_BYTES,
-    read_batches,
-    record_batches,
+    arrow_connection,
+    batch_cursor,
+    query_batches,
 )
-from export_pipeline.extract.connection import SourceConfig, connect
+from export_pipeline.extract.connection import SourceConfig, connect, export_snapshot
 from export_pipeline.extract.contract import ContractedQuery, ContractOptions, contract_query
 from export_pipeline.extract.copy import DEFAULT_CHUNK_SIZE, copy_chunks
 from export_pipeline.extract.estimate import planner_estimate
@@ -130,6 +132,10 @@ class ExportStream:
 
     Holds no connection: `write_to` opens the source connection(s) it needs and closes them
     before it returns or raises, so an export that is never written holds nothing open.
+    One snapshot: the replica check, `describe`, the contract's type lookups and the read all
+    see the data as of the export's first statement (REPEATABLE READ; Parquet's ADBC session
+    imports the psycopg transaction's snapshot), so the file and its row count are one
+    consistent state of the source whatever is written meanwhile.
     Memory while writing: Parquet about (prefetch depth + 2) batches of
     `tuning.batch_size_hint_bytes` plus one pending row group (`tuning.parquet_row_group_rows`
     or `parquet_row_group_bytes`) and the writer's buffers; text formats one COPY chunk.
@@ -187,11 +193,21 @@ class ExportStream:
                     meter,
                 )
                 return Written(rows, columns, snapshot_at)
-        # Parquet reads through ADBC's own connection; the psycopg one is closed by now, so an
-        # export holds one backend on the source, not two.
-        rows = _write_parquet(
-            self.source, contracted, writer, self.compression, self.name, self.tuning, meter
-        )
+            # Parquet reads through ADBC's own connection, on the psycopg transaction's
+            # snapshot. Once imported, the psycopg session ends (before the query starts), so an
+            # export holds two backends for a few milliseconds only.
+            snapshot = export_snapshot(conn)
+            with arrow_connection(self.source, snapshot) as arrow_conn:
+                conn.close()
+                rows = _write_parquet(
+                    arrow_conn,
+                    contracted,
+                    writer,
+                    self.compression,
+                    self.name,
+                    self.tuning,
+                    meter,
+                )
         return Written(rows, columns, snapshot_at)
 
     def _meter(self, conn: psycopg.Connection, query_text: str) -> ProgressMeter | None:
@@ -360,9 +376,9 @@ def export_query(
 def _transaction_start(conn: psycopg.Connection) -> datetime:
     """The source server's clock when the current transaction began (`now()`), in UTC.
 
-    The rows are read in a snapshot taken at or after this instant: later in this transaction
-    (text formats' COPY) or on a connection opened after it (Parquet's ADBC reader). So every
-    transaction committed on the source before it is in the file (docs/manifest.md).
+    The rows are read in this transaction's snapshot (REPEATABLE READ), taken at its first
+    statement, at or after this instant; Parquet's ADBC reader imports the same snapshot. So
+    every transaction committed on the source before it is in the file (docs/manifest.md).
     """
     row = conn.execute("SELECT now()").fetchone()
     assert row is not None
@@ -370,7 +386,7 @@ def _transaction_start(conn: psycopg.Connection) -> datetime:
 
 
 def _write_parquet(
-    source: SourceConfig,
+    conn: adbc.Connection,
     query: ContractedQuery,
     writer: ObjectWriter,
     compression: Compression,
@@ -380,17 +396,29 @@ def _write_parquet(
 ) -> int:
     """Batches are read on a background thread while this one encodes the previous one.
 
+    The query runs on that thread too (the driver's execute blocks until the first batch), so
+    this thread stays free to take a cancellation; stopping early cancels the statement on
+    the server before the thread is joined (streams.prefetch).
     Memory: about (prefetch depth + 2) batches of `batch_size_hint_bytes`, plus one pending
     row group of Arrow data and the Parquet writer's buffers.
     """
     with (
-        record_batches(source, query.text, tuning.batch_size_hint_bytes) as reader,
-        # closing(): on an error the read-ahead thread is stopped and joined before the
-        # reader's connection closes, never left reading from a closed stream.
-        closing(prefetch(read_batches(reader, name), depth=tuning.prefetch_batches)) as batches,
+        closing(batch_cursor(conn, tuning.batch_size_hint_bytes)) as cur,
+        # closing(): on an error the read-ahead thread is cancelled and joined before the
+        # cursor and connection close, never left reading from a closed stream.
+        closing(
+            prefetch(
+                query_batches(cur, query.text, name),
+                depth=tuning.prefetch_batches,
+                on_stop=cur.adbc_cancel,
+            )
+        ) as items,
     ):
+        schema = next(items)
+        assert isinstance(schema, pa.Schema)
+        batches = cast(Iterator[pa.RecordBatch], items)
         return write_parquet(
-            reader.schema,
+            schema,
             batches if meter is None else _metered(batches, meter, writer),
             writer,
             compression,

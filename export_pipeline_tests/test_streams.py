@@ -44,3 +44,38 @@ def test_prefetch_stops_the_producer_when_the_consumer_stops() -> None:
     stream.close()  # joins the producer thread
     assert len(produced) <= 4  # depth + the one in hand + the one consumed
     assert not any(t.name == "prefetch" for t in threading.enumerate())
+
+
+def test_prefetch_interrupts_a_blocked_producer_before_joining() -> None:
+    """A producer blocked in a read (ADBC waiting for the server) is woken by `on_stop`, so
+    closing the stream does not wait for the read to finish on its own."""
+    unblocked = threading.Event()
+    stops: list[str] = []
+
+    def blocking() -> Iterator[int]:
+        yield 1
+        assert unblocked.wait(60), "never interrupted"
+        raise OSError("canceling statement due to user request")
+
+    def cancel() -> None:
+        stops.append("cancel")
+        unblocked.set()
+
+    stream = prefetch(blocking(), depth=1, on_stop=cancel)
+    assert next(stream) == 1
+    stream.close()
+    assert stops == ["cancel"]
+    assert not any(t.name == "prefetch" for t in threading.enumerate())
+
+
+def test_prefetch_does_not_interrupt_a_finished_producer() -> None:
+    stops: list[str] = []
+    assert list(prefetch(iter([1, 2]), on_stop=lambda: stops.append("x"))) == [1, 2]
+    with pytest.raises(ValueError, match="broke"):
+        list(prefetch(_failing(), on_stop=lambda: stops.append("x")))
+    assert stops == []
+
+
+def _failing() -> Iterator[int]:
+    yield 1
+    raise ValueError("broke")

@@ -1,14 +1,21 @@
 """Connections to the source database that cannot write and cannot run forever.
 
-Every session is read-only (`default_transaction_read_only`), has a statement timeout and runs
-in UTC, set through libpq `options` so both psycopg and the ADBC driver (also libpq) get them
-before the first query.
+Every session is read-only (`default_transaction_read_only`), has a statement timeout, runs
+in UTC and reads rows in a repeatable order (no parallel workers, no synchronized scans), set
+through libpq `options` so both psycopg and the ADBC driver (also libpq) get them
+before the first query. A connection pooler (PgBouncer) or proxy may drop `options`; then the
+month windows would silently shift. So every new session is checked in one round trip
+(`SESSION_SETTINGS`) and refused, permanently, if a setting that shapes the file did not take.
+
+An export's reads share one snapshot: `connect` opens REPEATABLE READ transactions, so the
+replica check, the description of the query and the COPY all see the same data, and the
+Parquet reader imports that snapshot (`export_snapshot`, extract/arrow.py).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -23,6 +30,46 @@ APPLICATION_NAME = "export_pipeline"
 
 class SourceConnectionError(ExportError, RuntimeError):
     """The source database could not be reached; the message never contains the password."""
+
+
+class SessionSettingsError(SourceConnectionError):
+    """The session did not take the settings sent in libpq `options` (permanent)."""
+
+
+# What every session must show, in the order of SESSION_SETTINGS. TimeZone accepts PostgreSQL's
+# other names of UTC, so a server whose own default is UTC passes even behind a pooler.
+_UTC_NAMES = frozenset({"UTC", "Etc/UTC", "UCT", "Etc/UCT", "Universal", "Etc/Universal", "Zulu"})
+# (name, what conninfo() sends, what the session may show)
+EXPECTED_SETTINGS: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("TimeZone", "UTC", _UTC_NAMES),
+    ("default_transaction_read_only", "on", frozenset({"on"})),
+    ("DateStyle", "ISO, YMD", frozenset({"ISO, YMD"})),
+    ("IntervalStyle", "postgres", frozenset({"postgres"})),
+    ("max_parallel_workers_per_gather", "0", frozenset({"0"})),
+    ("synchronize_seqscans", "off", frozenset({"off"})),
+)
+SESSION_SETTINGS = "SELECT " + ", ".join(
+    f"current_setting('{name}') AS \"{name}\"" for name, _, _ in EXPECTED_SETTINGS
+)
+
+
+def check_session_settings(shown: Sequence[object], driver: str) -> None:
+    """Raise `SessionSettingsError` unless `shown` (SESSION_SETTINGS' row) is what we sent."""
+    wrong = [
+        f"{name}={value}"
+        for (name, _, allowed), value in zip(EXPECTED_SETTINGS, shown, strict=True)
+        if str(value) not in allowed
+    ]
+    if wrong:
+        sent = ", ".join(f"{name}={value}" for name, value, _ in EXPECTED_SETTINGS)
+        raise SessionSettingsError(
+            f"the source connection ({driver}) ignored the session settings sent in libpq "
+            f"options (wanted {sent}; the session has {', '.join(wrong)}): a connection "
+            "pooler such as PgBouncer drops startup options. Connect the exports directly "
+            "to PostgreSQL (or a session-mode pool that forwards options), or set them for "
+            "the export role: ALTER ROLE <role> SET TimeZone = 'UTC' (and the others)",
+            transient=False,
+        )
 
 
 @dataclass(frozen=True)
@@ -59,6 +106,12 @@ class SourceConfig:
             f"{int(self.idle_in_transaction_timeout_seconds) * 1000}"
             " -c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres"
             " -c extra_float_digits=1 -c client_encoding=UTF8"
+            # Rows in the same order on every run, so a retry on an unchanged source writes a
+            # byte-identical file: no parallel workers (their rows interleave at random; also,
+            # an export then holds exactly one backend, which the source pool counts), and
+            # sequential scans start at the first block (a synchronized scan of a large table
+            # starts wherever another scan is).
+            " -c max_parallel_workers_per_gather=0 -c synchronize_seqscans=off"
         )
         existing = str(params.pop("options", "") or "")
         options = f"{existing} {ours}".strip()
@@ -126,18 +179,33 @@ def redact_password(message: str, dsn: str) -> str:
 
 @contextmanager
 def connect(config: SourceConfig) -> Iterator[psycopg.Connection]:
-    """A psycopg connection in a read-only session; closed on exit."""
+    """A psycopg connection in a read-only UTC session whose settings were verified; closed
+    on exit. Its transactions are REPEATABLE READ: every statement sees the first one's
+    snapshot until the transaction ends."""
     try:
-        conn = psycopg.connect(config.conninfo(), autocommit=False)
+        conn = psycopg.connect(config.conninfo(), autocommit=True)
     except psycopg.OperationalError as exc:
         # Not chained: libpq's text may echo parts of the conninfo; the message is scrubbed.
         raise SourceConnectionError(
             _scrub(str(exc), config.dsn), transient=connect_failure_is_transient(str(exc))
         ) from None
     try:
+        shown = conn.execute(SESSION_SETTINGS).fetchone()  # outside any transaction
+        assert shown is not None
+        check_session_settings(shown, "psycopg")
+        conn.autocommit = False
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         yield conn
     finally:
         conn.close()
+
+
+def export_snapshot(conn: psycopg.Connection) -> str:
+    """The id of `conn`'s transaction snapshot, for another session to import
+    (`SET TRANSACTION SNAPSHOT`) while `conn`'s transaction stays open."""
+    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def _scrub(message: str, dsn: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -49,6 +50,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["MIN_PART_SIZE", "S3Config", "S3ObjectStore", "S3ObjectWriter", "S3UploadError"]
 
 MAX_LINK_TTL_SECONDS = 604800  # SigV4 presigned URLs cannot live longer than 7 days.
+# An abort waits at most this long for part uploads already on the wire (queued ones are
+# cancelled), then aborts the upload anyway: a cancelled run ends within seconds even when S3
+# is slow. A part that lands after the abort is refused (NoSuchUpload) or, rarely, left for the
+# next run's remove_orphans and the bucket's AbortIncompleteMultipartUpload rule.
+ABORT_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -292,7 +298,18 @@ class S3ObjectWriter(ObjectWriter):
             return
         for future in self._parts:
             future.cancel()
-        self._shutdown()
+        _, running = wait_for_futures(self._parts, timeout=ABORT_WAIT_SECONDS)
+        if running:
+            logger.warning(
+                "aborting multipart upload %s of s3://%s/%s with %s part upload(s) still in "
+                "flight after %.0fs",
+                self._upload_id,
+                self._config.bucket,
+                self.key,
+                len(running),
+                ABORT_WAIT_SECONDS,
+            )
+        self._shutdown(wait=False)
         try:
             self._client.abort_multipart_upload(
                 Bucket=self._config.bucket, Key=self.key, UploadId=self._upload_id
@@ -307,9 +324,9 @@ class S3ObjectWriter(ObjectWriter):
                 exc,
             )
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, wait: bool = True) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=wait, cancel_futures=True)
             self._pool = None
 
 

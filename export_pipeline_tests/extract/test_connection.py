@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import psycopg
 import pytest
 
-from export_pipeline.extract.arrow import record_batches
+from export_pipeline.extract.arrow import arrow_connection
 from export_pipeline.extract.connection import SourceConfig, connect
 
 SETTINGS = (
@@ -33,5 +35,6 @@ def test_adbc_session_gets_the_same_settings(demo_dsn: str) -> None:
         "SELECT current_setting('idle_in_transaction_session_timeout') AS idle, "
         "current_setting('default_transaction_read_only') AS ro"
     )
-    with record_batches(config, query) as reader:
-        assert reader.read_all().to_pylist() == [{"idle": "45s", "ro": "on"}]
+    with arrow_connection(config) as conn, closing(conn.cursor()) as cur:
+        cur.execute(query)
+        assert cur.fetch_arrow_table().to_pylist() == [{"idle": "45s", "ro": "on"}]

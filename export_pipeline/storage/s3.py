@@ -235,7 +235,9 @@ class S3ObjectWriter(ObjectWriter):
                 self._in_flight_parts >= self._config.max_concurrency
                 or self._in_flight_bytes + len(body) + next_size > limit
             ):
-                self._uploads.wait()
+                # in short waits, so an interrupt (a cancelled run) is taken at once even
+                # while a hung part upload holds the slot
+                self._uploads.wait(timeout=0.1)
             if self._failure is not None:
                 raise self._failure
             self._in_flight_parts += 1

@@ -214,7 +214,12 @@ def test_installed_wheel_loads_without_a_checkout(installed: Path, tmp_path: Pat
     assert result["spec_is_link"] is False
     assert result["instance_config"] == str(package / "defaults" / "dagster.yaml")
     assert result["local_dir"] == str(tmp_path / ".local")
-    assert result["assets"] == ["exports/events", "exports/invoices", "exports/orders"]
+    assert result["assets"] == [
+        "exports/events",
+        "exports/invoices",
+        "exports/orders",
+        "exports_manifest",
+    ]
     assert "monthly_exports_job" in result["jobs"]
 
 

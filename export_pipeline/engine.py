@@ -174,6 +174,9 @@ class ExportStream:
         with connect(self.source) as conn:
             if self.replayed_past is not None:
                 check_replica_caught_up(conn, self.replayed_past, self.name)
+                # REPEATABLE READ took its snapshot at the check's first statement; end that
+                # transaction so the export's snapshot is taken after the replay was checked.
+                conn.rollback()
             query_text = render(conn, self.query, dict(self.params))
             columns = describe(conn, query_text, self.name)
             contracted = contract_query(
@@ -277,15 +280,17 @@ def publish(
 ) -> ExportResult:
     """Write `content` as the customer-month's object of `dataset`; return what was delivered.
 
-    The object appears under its key only once complete (see `storage.writer`). First the
-    customer-month's delivery manifest is withdrawn (`invalidate_delivery`): it would no longer
-    describe the objects once this one is replaced, or if this export fails. With `sign_link` a
+    The object appears under its key only once complete (see `storage.writer`). The
+    customer-month's delivery manifest is withdrawn (`invalidate_delivery`) before and again
+    after: it would no longer describe the objects once this one is replaced, or if this export
+    fails, and another run may have written one meanwhile. With `sign_link` a
     presigned download link comes back too (S3 only; a bearer credential).
     """
     started = time.perf_counter()
     key = export_key(store, dataset, customer, month, content.extension)
     invalidate_delivery(store, customer, month)
     delivery = deliver(content, store, key)
+    invalidate_delivery(store, customer, month)  # one written while this export ran is stale
     return ExportResult(
         dataset=dataset,
         customer=customer,

@@ -23,6 +23,7 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.1  # how often a blocked put or get re-checks whether to give up
+_CANCEL_RETRY_SECONDS = 0.5  # how often `on_stop` is repeated while the producer is blocked
 
 
 def prefetch(
@@ -73,9 +74,14 @@ def prefetch(
             yield value  # type: ignore[misc]
     finally:
         stop.set()
-        if on_stop is not None and not ended and thread.is_alive():
-            try:
-                on_stop()
-            except Exception as exc:  # the producer may have finished meanwhile
-                logger.debug("prefetch: on_stop failed: %s", exc)
-        thread.join()
+        if on_stop is None or ended:
+            thread.join()
+        else:
+            # A cancel that reaches the server before the producer's query does is lost, so
+            # cancel again for as long as the producer is still blocked.
+            while thread.is_alive():
+                try:
+                    on_stop()
+                except Exception as exc:  # the producer may have finished meanwhile
+                    logger.debug("prefetch: on_stop failed: %s", exc)
+                thread.join(timeout=_CANCEL_RETRY_SECONDS)

@@ -72,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("export-pipeline: interrupted\n")
         return 130
+    except Exception as exc:  # anything else (S3, the instance, a bug): still one line
+        return _fail(args, exc, f"{type(exc).__name__}: {exc} (-v shows the cause)", EXIT_FAILED)
 
 
 def _fail(args: argparse.Namespace, exc: BaseException, message: str, code: int) -> int:

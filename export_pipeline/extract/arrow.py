@@ -74,8 +74,11 @@ def _import_snapshot(cur: adbc.Cursor, snapshot: str) -> None:
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         cur.execute(statement.as_string())
     except (OSError, adbc_driver_manager.Error) as exc:
+        # Transient: the snapshot is gone when its exporting session ended early (a dropped
+        # connection); a retry exports a new one.
         raise SourceConnectionError(
-            f"the ADBC session could not take the export's snapshot: {first_line(str(exc))}"
+            f"the ADBC session could not take the export's snapshot: {first_line(str(exc))}",
+            transient=True,
         ) from exc
 
 

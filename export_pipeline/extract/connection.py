@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from export_pipeline.errors import ExportError
@@ -48,8 +49,15 @@ EXPECTED_SETTINGS: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("max_parallel_workers_per_gather", "0", frozenset({"0"})),
     ("synchronize_seqscans", "off", frozenset({"off"})),
 )
-SESSION_SETTINGS = "SELECT " + ", ".join(
-    f"current_setting('{name}') AS \"{name}\"" for name, _, _ in EXPECTED_SETTINGS
+SESSION_SETTINGS = (
+    sql.SQL("SELECT {}")
+    .format(
+        sql.SQL(", ").join(
+            sql.SQL("current_setting({}) AS {}").format(sql.Literal(name), sql.Identifier(name))
+            for name, _, _ in EXPECTED_SETTINGS
+        )
+    )
+    .as_string()
 )
 
 

@@ -11,7 +11,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from export_pipeline.engine import ExportResult, export_partition
+from export_pipeline.engine import (
+    ExportResult,
+    ExportStream,
+    Written,
+    export_partition,
+    partition_stream,
+    publish,
+)
 from export_pipeline.errors import ExportError
 from export_pipeline.extract.connection import SourceConfig
 from export_pipeline.manifest import ManifestEntry, write_manifest
@@ -29,6 +36,7 @@ from export_pipeline.spec import (
 from export_pipeline.storage.keys import StorageConfigError
 from export_pipeline.storage.local import LocalObjectStore
 from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore
+from export_pipeline.storage.writer import ObjectWriter
 from export_pipeline_tests.helpers import files_under, list_keys
 from export_pipeline_tests.manifest_helpers import (
     RequestLog,
@@ -125,6 +133,30 @@ def test_a_failed_re_export_withdraws_the_manifest_and_a_good_one_restores_it(
     assert {n: d["sha256"] for n, d in after["datasets"].items()} == {
         r.dataset: r.stored.sha256 for r in again
     }
+
+
+def test_a_manifest_written_while_an_export_runs_is_withdrawn_after_it(
+    demo_source: SourceConfig, demo_spec: ExportSpec, local_store: LocalObjectStore
+) -> None:
+    """Another run (the monthly job, a CLI run) completes its delivery of the customer-month
+    while this export streams: once this export's object replaces one it listed, its manifest
+    is stale, so it must be gone when this export returns."""
+    results = _deliver_all(demo_source, local_store, demo_spec)
+    stream = partition_stream(demo_source, demo_spec.datasets["orders"], "2", MARCH)
+
+    @dataclasses.dataclass(frozen=True)
+    class ManifestMeanwhile(ExportStream):
+        def write_to(self, writer: ObjectWriter) -> Written:
+            write_manifest(local_store, "2", MARCH, _entries(results))  # the other run
+            assert f"{FOLDER}/_SUCCESS" in files_under(local_store.root)
+            return super().write_to(writer)
+
+    content = ManifestMeanwhile(
+        **{f.name: getattr(stream, f.name) for f in dataclasses.fields(stream)}
+    )
+    publish(content, local_store, "orders", "2", MARCH)
+    left = files_under(local_store.root)
+    assert f"{FOLDER}/manifest.json" not in left and f"{FOLDER}/_SUCCESS" not in left
 
 
 def test_rewriting_the_manifest_never_leaves_a_marker_naming_another_one(

@@ -64,7 +64,30 @@ def test_prefetch_interrupts_a_blocked_producer_before_joining() -> None:
     stream = prefetch(blocking(), depth=1, on_stop=cancel)
     assert next(stream) == 1
     stream.close()
-    assert stops == ["cancel"]
+    assert stops and set(stops) == {"cancel"}
+    assert not any(t.name == "prefetch" for t in threading.enumerate())
+
+
+def test_prefetch_repeats_a_cancel_that_was_lost() -> None:
+    """The first cancel reaches the server before the producer's query does (nothing to
+    cancel yet): closing the stream repeats it until the producer stops."""
+    unblocked = threading.Event()
+    stops: list[int] = []
+
+    def blocking() -> Iterator[int]:
+        yield 1
+        assert unblocked.wait(60), "never interrupted"
+        raise OSError("canceling statement due to user request")
+
+    def cancel() -> None:
+        stops.append(len(stops))
+        if len(stops) >= 2:  # the first one is lost
+            unblocked.set()
+
+    stream = prefetch(blocking(), depth=1, on_stop=cancel)
+    assert next(stream) == 1
+    stream.close()
+    assert len(stops) >= 2
     assert not any(t.name == "prefetch" for t in threading.enumerate())
 
 

@@ -34,7 +34,7 @@ from export_pipeline.cli.common import (
 )
 from export_pipeline.cli.output import print_json
 from export_pipeline.io_managers.exports import EXPORTS_IO_MANAGER_KEY, LocalExportIOManager
-from export_pipeline.io_managers.links import configured_io_manager, sign_download_link
+from export_pipeline.io_managers.links import configured_io_manager
 from export_pipeline.io_managers.metadata import latest_metadata
 from export_pipeline.settings import exports_io_manager
 from export_pipeline.storage.s3 import MAX_LINK_TTL_SECONDS
@@ -107,7 +107,7 @@ def command(args: argparse.Namespace) -> int:
 def fresh_link(
     instance: dg.DagsterInstance, target: Target, dataset: str, ttl_seconds: int | None
 ) -> FreshLink:
-    """Sign a link for the partition's latest delivered file of `dataset` (io_managers/links)."""
+    """Sign a link for the partition's latest delivered file of `dataset`."""
     key, partition = asset_key(dataset), target.partition_key
     recorded = latest_metadata(instance, key, partition)
     if recorded is None:
@@ -118,8 +118,9 @@ def fresh_link(
         )
     manager_def = exports_io_manager(os.environ)
     with configured_io_manager({EXPORTS_IO_MANAGER_KEY: manager_def}) as manager:
+        # the handle `load_input` gives: checked to still be there at its recorded size
+        stored = manager.files().handle(dataset, target.customer, target.month, recorded)
         if isinstance(manager, LocalExportIOManager):  # no links: the checked file's path
-            stored = manager.files().handle(dataset, target.customer, target.month, recorded)
             return FreshLink(stored.uri, None, None)
-        link = sign_download_link(manager, instance, key, partition, ttl_seconds)
-    return FreshLink(str(recorded["uri"]), link.url, link.expires_at)
+        link = stored.presign(ttl_seconds)
+    return FreshLink(stored.uri, link.url, link.expires_at)

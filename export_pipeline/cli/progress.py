@@ -16,8 +16,17 @@ from typing import Any
 import dagster as dg
 
 from export_pipeline.io_managers.metadata import plain_values
+from export_pipeline.io_managers.progress import (
+    PROGRESS_BYTES,
+    PROGRESS_DATASET,
+    PROGRESS_ESTIMATE_SOURCE,
+    PROGRESS_ESTIMATED_ROWS,
+    PROGRESS_ETA_SECONDS,
+    PROGRESS_PERCENT,
+    PROGRESS_ROWS,
+    PROGRESS_ROWS_PER_SECOND,
+)
 
-PROGRESS_ROWS = "progress_rows"
 _STEP_STATES = {
     dg.DagsterEventType.STEP_START: "running",
     dg.DagsterEventType.STEP_SUCCESS: "done",
@@ -41,18 +50,18 @@ class Progress:
 
     @classmethod
     def from_metadata(cls, md: Mapping[str, Any]) -> Progress:
-        def number(name: str) -> Any:
-            value = md.get(f"progress_{name}")
+        def number(key: str) -> Any:
+            value = md.get(key)
             return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
-        source = md.get("progress_estimate_source")
+        source = md.get(PROGRESS_ESTIMATE_SOURCE)
         return cls(
             rows=int(md[PROGRESS_ROWS]),
-            bytes=number("bytes"),
-            rows_per_second=number("rows_per_second"),
-            estimated_rows=number("estimated_rows"),
-            percent=number("percent"),
-            eta_seconds=number("eta_seconds"),
+            bytes=number(PROGRESS_BYTES),
+            rows_per_second=number(PROGRESS_ROWS_PER_SECOND),
+            estimated_rows=number(PROGRESS_ESTIMATED_ROWS),
+            percent=number(PROGRESS_PERCENT),
+            eta_seconds=number(PROGRESS_ETA_SECONDS),
             estimate_source=str(source) if source is not None else None,
         )
 
@@ -118,7 +127,7 @@ class RunProgress:
         event = entry.dagster_event
         metadata = event_metadata(entry)
         if metadata is not None and PROGRESS_ROWS in metadata:
-            dataset = metadata.get("progress_dataset") or dataset_of_step(entry.step_key)
+            dataset = metadata.get(PROGRESS_DATASET) or dataset_of_step(entry.step_key)
             if dataset:
                 self.progress[str(dataset)] = Progress.from_metadata(metadata)
         if event is None:

@@ -1,9 +1,9 @@
-"""Live progress in the Dagster event log, and reading it back (docs/progress.md).
+"""Live progress in the Dagster event log (docs/progress.md).
 
 The engine's `ProgressMeter` calls back at a bounded rate; each `Progress` becomes, at once:
 - a human-readable line through `context.log.info` (run view, and the run's stdout), and
 - an engine event whose metadata carries the figures under the `progress_*` keys below, for
-  programs (the CLI's `status`) to read with `latest_progress`.
+  programs (the CLI reads them back: `export_pipeline.cli.progress`).
 
 Why not `OutputContext.log_event`: Dagster buffers those events and writes them only after
 `handle_output` returns (dagster/_core/execution/plan/execute_step.py, `consume_events`), that
@@ -14,13 +14,12 @@ event log storage immediately, in the process running the step.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
-from dagster._core.events import DagsterEventType, EngineEventData
+from dagster._core.events import EngineEventData
 
-from export_pipeline.io_managers.metadata import latest_metadata, plain_values
+from export_pipeline.io_managers.metadata import latest_metadata
 from export_pipeline.partitions import Month
 from export_pipeline.progress import (
     PREVIOUS_MONTH,
@@ -40,9 +39,6 @@ PROGRESS_ESTIMATE_SOURCE = "progress_estimate_source"
 PROGRESS_ELAPSED_SECONDS = "progress_elapsed_seconds"
 PROGRESS_DATASET = "progress_dataset"
 PROGRESS_PARTITION = "progress_partition"
-
-# How many of a run's latest engine events `latest_progress` looks through.
-_LOOKBACK_EVENTS = 50
 
 
 def progress_metadata(progress: Progress, dataset: str, partition: str) -> dict[str, Any]:
@@ -139,24 +135,3 @@ def previous_month_estimate(
     recorded = latest_metadata(instance, asset_key, partition)
     rows = None if recorded is None else recorded.get("dagster/row_count")
     return Estimate(rows, PREVIOUS_MONTH) if isinstance(rows, int) and rows > 0 else None
-
-
-def latest_progress(instance: dg.DagsterInstance, run_id: str) -> dict[str, Any] | None:
-    """The metadata (plain values) of the run's latest progress event, or None.
-
-    For a run that exports several partitions (the monthly job), the latest event names its
-    partition in `progress_dataset` / `progress_partition`.
-    """
-    records = instance.get_records_for_run(
-        run_id,
-        of_type=DagsterEventType.ENGINE_EVENT,
-        limit=_LOOKBACK_EVENTS,
-        ascending=False,
-    ).records
-    for record in records:
-        event = record.event_log_entry.dagster_event
-        data = event.event_specific_data if event else None
-        metadata: Mapping[str, Any] = getattr(data, "metadata", None) or {}
-        if PROGRESS_ROWS in metadata:
-            return plain_values(metadata)
-    return None

@@ -12,11 +12,11 @@ import dagster as dg
 import psycopg
 from dagster._core.events import DagsterEventType
 
+from export_pipeline.cli.progress import Progress, latest_progress
 from export_pipeline.defs.assets import build_export_asset
 from export_pipeline.defs.monthly import build_monthly_exports_job
 from export_pipeline.defs.partitions import build_export_partitions_def
 from export_pipeline.io_managers.exports import EXPORTS_IO_MANAGER_KEY, LocalExportIOManager
-from export_pipeline.io_managers.progress import latest_progress
 from export_pipeline.resources.delivery import DeliveryWebhookResource
 from export_pipeline.resources.source import PostgresSourceResource
 from export_pipeline.settings import DELIVERY_WEBHOOK_KEY
@@ -156,11 +156,11 @@ def test_a_slow_export_reports_progress_live_and_at_a_bounded_rate(
         runner.start()
         # Read the event log from here while the run is going: progress must be there before
         # the materialization is.
-        live: dict[str, Any] | None = None
+        live: Progress | None = None
         deadline = time.monotonic() + 60
         while live is None and runner.is_alive() and time.monotonic() < deadline:
             runs = instance.get_runs(limit=1)
-            seen = latest_progress(instance, runs[0].run_id) if runs else None
+            seen = latest_progress(instance, runs[0].run_id).progress.get("slow") if runs else None
             if seen is not None and _materialization(instance, "slow", PARTITION) is None:
                 live = seen
             time.sleep(0.02)
@@ -169,7 +169,7 @@ def test_a_slow_export_reports_progress_live_and_at_a_bounded_rate(
         result = outcome["result"]
         assert result.success
         assert live is not None, "no progress event was readable while the run was going"
-        assert live["progress_rows"] < ROWS and live["progress_partition"] == PARTITION
+        assert 0 < live.rows < ROWS
 
         events = _progress_events(instance, result.run_id)
         metadata = _assert_bounded_and_increasing(events, elapsed, ("previous_month", 2 * ROWS))
@@ -178,7 +178,9 @@ def test_a_slow_export_reports_progress_live_and_at_a_bounded_rate(
         assert materialized is not None
         # Written as they happened, not flushed with the materialization at the end.
         assert events[0].timestamp < materialized.timestamp - INTERVAL
-        assert latest_progress(instance, result.run_id) == metadata[-1]
+        assert metadata[-1]["progress_partition"] == PARTITION
+        last = latest_progress(instance, result.run_id).progress["slow"]
+        assert last == Progress.from_metadata(metadata[-1])
         # The same reports as readable lines in the run's log.
         lines = [
             e.user_message
@@ -213,7 +215,7 @@ def test_a_fast_export_reports_no_progress_and_records_numbers_for_the_plots(
         events = _progress_events(instance, result.run_id)
         assert len(events) <= int(duration / INTERVAL), (len(events), duration, elapsed)
         if duration < INTERVAL:
-            assert events == [] and latest_progress(instance, result.run_id) is None
+            assert events == [] and latest_progress(instance, result.run_id).progress == {}
 
 
 def test_the_monthly_job_reports_progress_and_records_numbers(

@@ -3,9 +3,13 @@
     python bench/dagster_overhead.py --dsn DSN [--small 100]
 
 1. One customer-month of the reference `events` table into an S3 server on this machine
-   (moto, over HTTP): the engine alone vs `dg.materialize` of the same partition.
-2. `--small` partitions of 1,000 rows each (table `bench_small_events`, created here): the
-   engine's time per partition vs a Dagster run per partition (in-process executor).
+   (moto, over HTTP): the engine alone (`harness.export_one`: withdrawal, orphan listing,
+   export, commit, on a session of its own) vs a run of `exports_job` for that partition
+   (in process).
+2. `--small` partitions of 1,000 rows each (table `bench_small_events`, created here), local
+   storage: the engine's time per partition (a new session each) vs a Dagster run per
+   partition; and the way runs go since one-path, the whole range at once: the engine on one
+   session (`harness.export_many`) vs one ranged run of `exports_job`.
 """
 
 from __future__ import annotations
@@ -19,24 +23,30 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import boto3
 import dagster as dg
 import psycopg
 from moto.server import ThreadedMotoServer
 
-from export_pipeline.defs.assets import build_export_asset
-from export_pipeline.defs.partitions import build_export_partitions_def
-from export_pipeline.engine import export_partition
-from export_pipeline.io_managers.exports import (
-    EXPORTS_IO_MANAGER_KEY,
-    LocalExportIOManager,
-    S3ExportIOManager,
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO)]
+
+from export_pipeline.extract.session import SourceSession  # noqa: E402
+from export_pipeline.io_managers.metadata import export_asset_key  # noqa: E402
+from export_pipeline.partitions import Month, partition_key  # noqa: E402
+from export_pipeline.spec import parse_spec  # noqa: E402
+from export_pipeline_tests.harness import (  # noqa: E402
+    add_customers,
+    export_definitions,
+    export_many,
+    export_one,
+    export_resources,
+    local_storage,
+    materialize,
+    s3_storage,
 )
-from export_pipeline.partitions import Month
-from export_pipeline.resources.s3 import ExportS3Resource
-from export_pipeline.resources.source import PostgresSourceResource
-from export_pipeline.spec import parse_spec
 
 SPEC = """
 customers: {table: public.events, key_column: customer_id}
@@ -90,32 +100,29 @@ def main() -> None:
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
     spec = parse_spec(SPEC)
     ensure_small(args.dsn, args.small)
-    pdef = build_export_partitions_def(spec.months_start)
-    source = PostgresSourceResource(dsn=args.dsn)
-    s3 = S3ExportIOManager(s3=ExportS3Resource(endpoint_url=endpoint), bucket=bucket)
-    local = LocalExportIOManager(base_dir=tempfile.mkdtemp(prefix="bench-small-"))
+    s3 = s3_storage(endpoint, bucket)
+    local = local_storage(tempfile.mkdtemp(prefix="bench-small-"))
+    s3_resources = export_resources(args.dsn, s3)
+    s3_defs = export_definitions(
+        spec, s3_resources, retry_policy=None, checks=False, manifest=False
+    )
+    local_defs = export_definitions(
+        spec, export_resources(args.dsn, local), retry_policy=None, checks=False, manifest=False
+    )
+    source = s3_resources["source"].source_config()
+    month = Month(2025, 6)
     out = sys.stdout
 
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("customers", [str(i) for i in range(1, args.small + 1)])
+        keys = [str(i) for i in range(1, args.small + 1)]
+        add_customers(instance, keys if "7" in keys else [*keys, "7"])
 
         def engine_one() -> None:
-            export_partition(
-                source.source_config(),
-                s3.files().store,
-                spec.datasets["events"],
-                "7",
-                Month(2025, 6),
-            )
-
-        events_asset = build_export_asset(spec.datasets["events"], pdef)
+            export_one(source, s3.store(), spec.datasets["events"], "7", month)
 
         def dagster_one() -> None:
-            result = dg.materialize(
-                [events_asset],
-                instance=instance,
-                resources={"source": source, EXPORTS_IO_MANAGER_KEY: s3},
-                partition_key=dg.MultiPartitionKey({"customer": "7", "month": "2025-06-01"}),
+            result = materialize(
+                instance, s3_defs, partition_key("7", month), [export_asset_key("events")]
             )
             assert result.success
 
@@ -124,37 +131,38 @@ def main() -> None:
         out.write(
             f"\none partition (customer 7, 2025-06, Parquet zstd) into S3 over HTTP, "
             f"median of {args.rounds}:\n"
-            f"  engine alone {engine_s:6.3f} s | dagster materialize {dagster_s:6.3f} s | "
+            f"  engine alone {engine_s:6.3f} s | dagster run {dagster_s:6.3f} s | "
             f"Dagster adds {dagster_s - engine_s:6.3f} s\n"
         )
 
-        small_asset = build_export_asset(spec.datasets["small"], pdef)
-        keys = [str(i) for i in range(1, args.small + 1)]
+        small, small_key = spec.datasets["small"], export_asset_key("small")
         started = time.perf_counter()
         for key in keys:
-            export_partition(
-                source.source_config(),
-                local.files().store,
-                spec.datasets["small"],
-                key,
-                Month(2025, 6),
-            )
+            export_one(source, local.store(), small, key, month)
         engine_small = (time.perf_counter() - started) / len(keys)
         started = time.perf_counter()
         for key in keys:
-            result = dg.materialize(
-                [small_asset],
-                instance=instance,
-                resources={"source": source, EXPORTS_IO_MANAGER_KEY: local},
-                partition_key=dg.MultiPartitionKey({"customer": key, "month": "2025-06-01"}),
-            )
+            result = materialize(instance, local_defs, partition_key(key, month), [small_key])
             assert result.success
         dagster_small = (time.perf_counter() - started) / len(keys)
+        started = time.perf_counter()
+        with SourceSession(source) as session:
+            batch = export_many(session, local.store(), small, [(key, month) for key in keys])
+        assert not batch.failed and len(batch.delivered) == len(keys), batch.failed
+        engine_range = (time.perf_counter() - started) / len(keys)
+        started = time.perf_counter()
+        first, last = partition_key(keys[0], month), partition_key(keys[-1], month)
+        result = materialize(instance, local_defs, (first, last), [small_key])
+        assert result.success
+        dagster_range = (time.perf_counter() - started) / len(keys)
         out.write(
             f"{len(keys)} partitions of 1,000 rows (CSV, local storage), per partition:\n"
             f"  engine {engine_small * 1000:6.1f} ms | one Dagster run "
             f"{dagster_small * 1000:6.1f} ms | engine share "
             f"{engine_small / dagster_small:5.1%}\n"
+            f"  all {len(keys)} at once: engine on one session {engine_range * 1000:6.1f} ms | "
+            f"one ranged Dagster run {dagster_range * 1000:6.1f} ms | engine share "
+            f"{engine_range / dagster_range:5.1%}\n"
         )
     server.stop()
 

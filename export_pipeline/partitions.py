@@ -14,6 +14,8 @@ from export_pipeline.errors import ExportError
 CUSTOMER_DIMENSION = "customer"
 MONTH_DIMENSION = "month"
 CUSTOMERS_PARTITIONS_NAME = "customers"
+# Dagster's tag for a run's (or event's) partition key; `<tag>/<dimension>` per dimension.
+PARTITION_TAG = "dagster/partition"
 
 # A customer key becomes one path segment of the object key, so it must not be able to escape
 # it: no '/', no '..', no control characters, nothing a shell or URL would mangle.
@@ -78,6 +80,24 @@ def split_partition_key(key: str) -> tuple[str, Month]:
     if not sep:
         raise PartitionKeyError(f"expected a customer|month partition key, got {key!r}")
     return validate_customer_key(customer), Month.parse(month)
+
+
+def partition_key(customer: str, month: Month) -> str:
+    """The customer x month key of `customer`'s `month`, e.g. `42|2025-03-01`."""
+    return f"{customer}|{month.start.isoformat()}"
+
+
+def previous_month_partition(key: str) -> str:
+    """The same customer's partition a month earlier."""
+    customer, month = split_partition_key(key)
+    return partition_key(customer, month.previous())
+
+
+def partition_order(key: str) -> tuple[str, int, str]:
+    """Sort key for customer|month keys: by month, then customer, numbers as numbers (a ranged
+    run's keys come from Dagster in no particular order; exports and logs follow this one)."""
+    customer, _, month = key.rpartition("|")
+    return (month, int(customer) if customer.isdigit() else -1, customer)
 
 
 def month_of(day: date) -> Month:

@@ -17,16 +17,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import dagster as dg
 
 from export_pipeline.errors import ExportError
-from export_pipeline.io_managers.exports import (
-    EXPORTS_IO_MANAGER_KEY,
-    LocalExportIOManager,
-    S3ExportIOManager,
-)
+from export_pipeline.io_managers.exports import EXPORTS_IO_MANAGER_KEY, ExportIOManager
 from export_pipeline.resources.alerts import AlertWebhookResource
 from export_pipeline.resources.delivery import DeliveryWebhookResource
 from export_pipeline.resources.s3 import ExportS3Resource
 from export_pipeline.resources.source import PostgresSourceResource
 from export_pipeline.resources.state import ExportStateResource
+from export_pipeline.resources.storage import (
+    EXPORT_STORAGE_KEY,
+    ExportStorageResource,
+    LocalExportStorageResource,
+    S3ExportStorageResource,
+)
 from export_pipeline.storage.keys import StorageConfigError
 
 # The defaults shipped inside the package (package data). In a checkout the files there are
@@ -98,15 +100,17 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     instead of writing to a container's disk and reporting success.
     """
     env = os.environ if env is None else env
+    storage = export_storage(env)
     return {
         "source": PostgresSourceResource(dsn=dg.EnvVar(SOURCE_DSN)),
-        EXPORTS_IO_MANAGER_KEY: exports_io_manager(env),
+        EXPORT_STORAGE_KEY: storage,
+        EXPORTS_IO_MANAGER_KEY: ExportIOManager(storage=storage),
         DELIVERY_WEBHOOK_KEY: delivery_webhook(env),
         **state_resources(env),
     }
 
 
-def exports_io_manager(env: Mapping[str, str]) -> S3ExportIOManager | LocalExportIOManager:
+def export_storage(env: Mapping[str, str]) -> ExportStorageResource:
     bucket, local_dir = env.get(S3_BUCKET, "").strip(), env.get(STORAGE_DIR, "").strip()
     if bucket and local_dir:
         raise StorageConfigError(
@@ -120,7 +124,7 @@ def exports_io_manager(env: Mapping[str, str]) -> S3ExportIOManager | LocalExpor
     common: dict[str, Any] = {"prefix": dg.EnvVar(S3_PREFIX)} if env.get(S3_PREFIX) else {}
     if local_dir:
         record_download_links(env)  # validated everywhere; local files have no links
-        return LocalExportIOManager(base_dir=dg.EnvVar(STORAGE_DIR), **common)
+        return LocalExportStorageResource(base_dir=dg.EnvVar(STORAGE_DIR), **common)
     s3: dict[str, Any] = {}
     if env.get(S3_ENDPOINT_URL):
         s3["endpoint_url"] = dg.EnvVar(S3_ENDPOINT_URL)
@@ -136,7 +140,7 @@ def exports_io_manager(env: Mapping[str, str]) -> S3ExportIOManager | LocalExpor
     record_links = record_download_links(env)
     if record_links is not None:
         common["record_download_links"] = record_links
-    return S3ExportIOManager(s3=ExportS3Resource(**s3), bucket=dg.EnvVar(S3_BUCKET), **common)
+    return S3ExportStorageResource(s3=ExportS3Resource(**s3), bucket=dg.EnvVar(S3_BUCKET), **common)
 
 
 def record_download_links(env: Mapping[str, str]) -> bool | None:

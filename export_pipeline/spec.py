@@ -96,6 +96,10 @@ class DatasetSpec:
     unrepresentable: Unrepresentable = Unrepresentable.FAIL
     # CSV only: prefix text cells starting with = + - @ tab CR with a single quote.
     csv_formula_guard: bool = False
+    # Parquet only: a row group closes at this many rows, or this much Arrow data, whichever
+    # comes first (None: formats/parquet.py's defaults, 131,072 rows and 64 MiB).
+    row_group_rows: int | None = None
+    row_group_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,14 @@ def _customers(v: _Validator, raw: Any) -> CustomersSpec:
     return CustomersSpec(key_column, sql=sql_text, export_history=history)
 
 
+def _row_group_setting(v: _Validator, value: Any, key: str, fmt: Format) -> int:
+    if fmt is not Format.PARQUET:
+        v.fail(key, "only applies to `format: parquet`")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        v.fail(key, f"must be a positive whole number, got {value!r}")
+    return int(value)
+
+
 def _dataset(v: _Validator, name: str, raw: Any) -> DatasetSpec:
     key = f"datasets.{name}"
     if not _DATASET_NAME_RE.fullmatch(name):
@@ -263,6 +275,8 @@ def _dataset(v: _Validator, name: str, raw: Any) -> DatasetSpec:
             "compression",
             "unrepresentable",
             "csv_formula_guard",
+            "row_group_rows",
+            "row_group_bytes",
         },
     )
     v.one_of(m, key, "table", "sql")
@@ -281,6 +295,10 @@ def _dataset(v: _Validator, name: str, raw: Any) -> DatasetSpec:
         v.fail(f"{key}.csv_formula_guard", f"must be true or false, got {_kind(guard)}")
     if guard and fmt is not Format.CSV:
         v.fail(f"{key}.csv_formula_guard", "only applies to `format: csv`")
+    rows, size = (
+        _row_group_setting(v, m[name], f"{key}.{name}", fmt) if name in m else None
+        for name in ("row_group_rows", "row_group_bytes")
+    )
     if "table" in m:
         if "time_column" not in m:
             v.fail(f"{key}.time_column", "is required with `table:`")
@@ -293,6 +311,8 @@ def _dataset(v: _Validator, name: str, raw: Any) -> DatasetSpec:
             time_column=v.string(m["time_column"], f"{key}.time_column"),
             unrepresentable=unrepresentable,
             csv_formula_guard=guard,
+            row_group_rows=rows,
+            row_group_bytes=size,
         )
     if "time_column" in m:
         v.fail(
@@ -309,4 +329,6 @@ def _dataset(v: _Validator, name: str, raw: Any) -> DatasetSpec:
         sql=sql_text,
         unrepresentable=unrepresentable,
         csv_formula_guard=guard,
+        row_group_rows=rows,
+        row_group_bytes=size,
     )

@@ -3,7 +3,7 @@
 The Dagster layer (`defs/checks.py`) reads the recorded metadata of a partition and of the
 same customer's previous month, calls these, and turns each `Verdict` into an asset check
 result with its own severity. Nothing here downloads a file: the size comes from a HEAD or a
-stat (`ExportFiles.handle`), the Parquet row count from the footer.
+stat or, for Parquet, from the one ranged GET of the file's last bytes that holds its footer.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from export_pipeline.partitions import Month
-from export_pipeline.spec import Format
-from export_pipeline.storage.files import StoredFile
 
 Columns = Sequence[tuple[str, str]]  # (name, PostgreSQL type), in file order
 
@@ -29,41 +27,61 @@ class Verdict:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def footer_row_count(stored: StoredFile) -> int:
-    """Rows in a Parquet file, from its footer only (ranged reads on S3; no download)."""
-    filesystem, root = stored.store.arrow_filesystem()
-    with filesystem.open_input_file(f"{root}/{stored.key}") as source:
-        return int(pq.ParquetFile(source).metadata.num_rows)
+PARQUET_TAIL_BYTES = 64 * 1024  # read with the size in one request; most footers fit
+_MAGIC = b"PAR1"
 
 
-def verify_row_count(stored: StoredFile) -> Verdict:
-    """Parquet: the footer's `num_rows` against the recorded count. Text formats: not checked
-    (counting needs the whole file); the verdict passes and says so in its metadata."""
-    recorded = stored.row_count
-    if stored.format is not Format.PARQUET:
-        return Verdict(
-            True,
-            f"{stored.uri}: row count not verified for {stored.format.value} "
-            "(it would need a full download); the recorded count stands",
-            {"checked": False, "recorded_rows": recorded, "reason": "text format"},
-        )
-    try:
-        found = footer_row_count(stored)
-    except (OSError, pa.ArrowException) as exc:
+def parquet_footer_length(tail: bytes) -> int:
+    """How many bytes at the end of a Parquet file hold its footer (with length and magic);
+    `tail` is at least the file's last 8 bytes."""
+    if len(tail) < 8 or tail[-4:] != _MAGIC:
+        raise ValueError("not a Parquet file (no PAR1 at its end)")
+    return int.from_bytes(tail[-8:-4], "little") + 8
+
+
+def footer_row_count(tail: bytes) -> int:
+    """Rows in a Parquet file, from its last bytes; `tail` must hold the whole footer
+    (`parquet_footer_length`)."""
+    footer = tail[-parquet_footer_length(tail) :]
+    return int(pq.read_metadata(pa.BufferReader(_MAGIC + footer)).num_rows)
+
+
+def verify_size(uri: str, recorded_bytes: int, found_bytes: int | None) -> Verdict:
+    """The stored object against the recorded size (from a HEAD, a stat or a ranged GET)."""
+    metadata: dict[str, Any] = {"uri": uri, "recorded_bytes": recorded_bytes}
+    if found_bytes is None:
+        return Verdict(False, f"{uri}: missing; re-materialize the partition", metadata)
+    metadata["size_bytes"] = found_bytes
+    if found_bytes != recorded_bytes:
         return Verdict(
             False,
-            f"{stored.uri}: the Parquet footer cannot be read ({exc}); re-materialize it",
-            {"checked": True, "recorded_rows": recorded},
+            f"{uri}: recorded {recorded_bytes} bytes, found {found_bytes}; re-materialize the "
+            "partition",
+            metadata,
         )
-    metadata = {"checked": True, "recorded_rows": recorded, "footer_rows": found}
+    return Verdict(True, f"{uri}: {found_bytes} bytes, as recorded", metadata)
+
+
+def verify_row_count(uri: str, recorded: int, tail: bytes) -> Verdict:
+    """Parquet: the footer's `num_rows` (from the file's last bytes) against the recorded
+    count. Only Parquet files carry their row count; text formats have no such check."""
+    try:
+        found = footer_row_count(tail)
+    except (ValueError, OSError, pa.ArrowException) as exc:
+        return Verdict(
+            False,
+            f"{uri}: the Parquet footer cannot be read ({exc}); re-materialize it",
+            {"recorded_rows": recorded},
+        )
+    metadata = {"recorded_rows": recorded, "footer_rows": found}
     if found != recorded:
         return Verdict(
             False,
-            f"{stored.uri}: the Parquet footer says {found} rows, the materialization recorded "
+            f"{uri}: the Parquet footer says {found} rows, the materialization recorded "
             f"{recorded}; re-materialize the partition",
             metadata,
         )
-    return Verdict(True, f"{stored.uri}: {found} rows, as recorded", metadata)
+    return Verdict(True, f"{uri}: {found} rows, as recorded", metadata)
 
 
 def verify_not_empty_after_rows(rows: int, previous_rows: int | None, previous: Month) -> Verdict:

@@ -43,7 +43,7 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True)
-class Delivery:
+class PostOutcome:
     ok: bool
     attempts: int
     detail: str  # "HTTP 200", "HTTP 400", "connection error: ...": no secrets
@@ -68,7 +68,7 @@ def post(
     config: WebhookConfig,
     payload: Mapping[str, Any],
     sleep: Callable[[float], None] = time.sleep,
-) -> Delivery:
+) -> PostOutcome:
     """POST the payload; retry 5xx and connection errors with exponential backoff (bounded by
     max_attempts and max_backoff_seconds); never retry other statuses."""
     body = encode(payload)
@@ -88,14 +88,14 @@ def post(
         )
         try:
             with urllib.request.urlopen(request, timeout=config.timeout_seconds) as response:
-                return Delivery(True, attempt, f"HTTP {response.status}", response.status)
+                return PostOutcome(True, attempt, f"HTTP {response.status}", response.status)
         except urllib.error.HTTPError as exc:
             detail, status = f"HTTP {exc.code}", exc.code
             if exc.code < 500:
-                return Delivery(False, attempt, detail, status)
+                return PostOutcome(False, attempt, detail, status)
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
             detail, status = f"connection error: {type(reason).__name__}", None
         if attempt < config.max_attempts:
             sleep(min(config.backoff_seconds * 2 ** (attempt - 1), config.max_backoff_seconds))
-    return Delivery(False, max(1, config.max_attempts), detail, status)
+    return PostOutcome(False, max(1, config.max_attempts), detail, status)

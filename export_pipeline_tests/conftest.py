@@ -12,7 +12,7 @@ from export_pipeline.demo.seed import seed_demo
 from export_pipeline.extract.connection import SourceConfig
 from export_pipeline.spec import ExportSpec, load_spec
 from export_pipeline.storage.local import LocalObjectStore
-from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore, make_s3_client
+from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore
 from export_pipeline_tests.services import postgres_server, s3_server, scratch_database
 from export_pipeline_tests.sigv4_proxy import Faults, sigv4_proxy
 
@@ -25,12 +25,16 @@ AWS_TEST_SECRET = "testing-secret-key"
 
 @pytest.fixture(scope="session", autouse=True)
 def _aws_test_credentials() -> Iterator[None]:
-    """Credentials for the local S3 server, so nothing can reach a real account."""
+    """Credentials for the local S3 server, so nothing can reach a real account; and the
+    environment the image gives runs."""
     mp = pytest.MonkeyPatch()
     for name, value in {
         "AWS_ACCESS_KEY_ID": AWS_TEST_KEY_ID,
         "AWS_SECRET_ACCESS_KEY": AWS_TEST_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
+        # As the image sets it (deploy/Dockerfile): a ranged run's materializations are
+        # written in batches, and the tests run the same way.
+        "DAGSTER_EVENT_BATCH_SIZE": "100",
     }.items():
         mp.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
@@ -113,7 +117,7 @@ def s3_store(s3_config: S3Config) -> S3ObjectStore:
 
 @pytest.fixture
 def s3_client(s3_config: S3Config) -> Any:
-    return make_s3_client(s3_config)
+    return s3_config.client()
 
 
 @pytest.fixture

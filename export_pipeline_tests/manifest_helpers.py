@@ -1,12 +1,11 @@
-"""For the manifest tests: the order in which S3 requests reached the server, and checks of a
-delivered customer-month against the bytes in storage."""
+"""For the manifest, batch and storage tests: a bucket behind an endpoint that records the
+S3 requests (request_counts.py), and checks of a delivered customer-month against the bytes in
+storage."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import threading
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,49 +13,41 @@ from typing import Any
 
 import boto3
 
+from export_pipeline.engine import ExportResult
+from export_pipeline.manifest import ManifestEntry
 from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore
 from export_pipeline.storage.writer import ObjectStore
-from export_pipeline_tests.conftest import AWS_TEST_KEY_ID, AWS_TEST_SECRET
-from export_pipeline_tests.sigv4_proxy import Faults, sigv4_proxy
+from export_pipeline_tests.request_counts import S3Requests, counting_s3_endpoint
 
 
-class RequestLog(Faults):
-    """Injects nothing; records every signed request that reached the proxy, in arrival order.
+@contextmanager
+def recording_s3(moto_url: str, **settings: Any) -> Iterator[tuple[S3ObjectStore, S3Requests]]:
+    """A new bucket behind a recording, SigV4-checking endpoint (which can inject faults too);
+    the store over it (its config holds the endpoint and the bucket; `settings` are more
+    S3Config fields). The log starts empty, after the bucket was created."""
+    with counting_s3_endpoint(moto_url) as (url, log):
+        bucket = f"manifest-{uuid.uuid4().hex[:12]}"
+        boto3.client("s3", endpoint_url=url).create_bucket(Bucket=bucket)
+        log.clear()
+        config = S3Config(bucket=bucket, endpoint_url=url, part_size=MIN_PART_SIZE, **settings)
+        yield S3ObjectStore(config), log
 
-    Each client call waits for its answer before the next starts, so arrival order is the order
-    the writer issued them.
-    """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._log_lock = threading.Lock()
-        self.requests: list[tuple[str, str]] = []
-
-    def take(self, method: str, target: str) -> tuple[int, str] | None:
-        with self._log_lock:
-            self.requests.append((method, target))
-        return None
-
-    def publishes(self, bucket: str) -> list[tuple[str, str]]:
-        """("write" | "delete", key) for each request that publishes or removes an object: a
-        PUT without a part number, a CompleteMultipartUpload, a DELETE of an object."""
-        found: list[tuple[str, str]] = []
-        with self._log_lock:
-            requests = list(self.requests)
-        for method, target in requests:
-            split = urllib.parse.urlsplit(target)
-            path = urllib.parse.unquote(split.path)
-            if not path.startswith(f"/{bucket}/"):
-                continue
-            key = path[len(bucket) + 2 :]
-            query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
-            if method == "PUT" and "partNumber" not in query:
-                found.append(("write", key))
-            elif method == "POST" and "uploadId" in query:
-                found.append(("write", key))
-            elif method == "DELETE" and "uploadId" not in query:
-                found.append(("delete", key))
-        return found
+def manifest_entry(result: ExportResult) -> ManifestEntry:
+    """The manifest's entry of an export just written (engine level; the manifest asset
+    builds entries from the loaded handles, `ManifestEntry.of_file`)."""
+    return ManifestEntry(
+        dataset=result.dataset,
+        key=result.stored.key,
+        rows=result.rows,
+        size_bytes=result.stored.size_bytes,
+        sha256=result.stored.sha256,
+        format=result.format,
+        compression=result.compression,
+        columns=tuple((c.name, c.pg_type) for c in result.columns),
+        snapshot_at=result.snapshot_at,
+        link_expires_at=result.link.expires_at if result.link else None,
+    )
 
 
 def read_bytes(store: ObjectStore, key: str) -> bytes:
@@ -79,18 +70,7 @@ def check_delivery(store: ObjectStore, folder: str) -> dict[str, Any]:
     return manifest
 
 
-@contextmanager
-def recording_s3(moto_url: str) -> Iterator[tuple[S3ObjectStore, RequestLog]]:
-    """A new bucket behind a SigV4-checking proxy that records each request's arrival; the
-    store over it (its config holds the proxy's endpoint and the bucket)."""
-    log = RequestLog()
-    with sigv4_proxy(moto_url, {AWS_TEST_KEY_ID: AWS_TEST_SECRET}, log) as url:
-        bucket = f"manifest-{uuid.uuid4().hex[:12]}"
-        boto3.client("s3", endpoint_url=url).create_bucket(Bucket=bucket)
-        yield S3ObjectStore(S3Config(bucket=bucket, endpoint_url=url, part_size=MIN_PART_SIZE)), log
-
-
-def publish_order(log: RequestLog, bucket: str, data_keys: set[str], folder: str) -> list[int]:
+def publish_order(log: S3Requests, bucket: str, data_keys: set[str], folder: str) -> list[int]:
     """[last data object written, manifest written, _SUCCESS written, requests counted], as
     positions in the order of publishing requests; asserts each happened."""
     steps = log.publishes(bucket)

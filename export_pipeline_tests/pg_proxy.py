@@ -5,7 +5,12 @@ It answers SSL/GSS encryption requests with 'N' (plain text, as PgBouncer withou
 the StartupMessage without the `options` parameter when `strip_options` is set, and then relays
 bytes both ways. With `hold_from=n` it also parks the n-th and later connections (counting
 from 0) until `release()`: a deterministic point between an export's first session and its
-second (the Parquet reader's). Real sockets, real protocol; nothing of the project is replaced.
+second (the Parquet reader's). `park(n)` holds the next message the client of the n-th
+connection sends, until `release()`: a point inside an open, reused connection (e.g. between
+an export's snapshot and the reused Parquet reader's first statement). With `latency_seconds`
+it holds every message from the client that long before passing it on, so each round trip
+costs what it would to a server on another machine (COPY data flowing back is not delayed).
+Real sockets, real protocol; nothing of the project is replaced.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -50,17 +56,39 @@ def _without_options(body: bytes) -> bytes:
     return protocol + kept + b"\x00"
 
 
-def _relay(src: socket.socket, dst: socket.socket) -> None:
+def _relay(src: socket.socket, dst: socket.socket, latency_seconds: float = 0.0) -> None:
     with suppress(OSError):
         while data := src.recv(65536):
+            if latency_seconds:
+                time.sleep(latency_seconds)  # the network's delay, not synchronisation
             dst.sendall(data)
     with suppress(OSError):
         dst.shutdown(socket.SHUT_WR)
 
 
+class _ParkingSocket(socket.socket):
+    """The client's socket, as the relay to the server reads it: each message received is
+    passed on only after `before_send()` returns (PgProxy.park)."""
+
+    def __init__(self, sock: socket.socket, before_send: Callable[[], None]) -> None:
+        super().__init__(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        self._before_send = before_send
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        if data:
+            self._before_send()
+        return data
+
+
 class PgProxy:
     def __init__(
-        self, upstream_dsn: str, *, strip_options: bool, hold_from: int | None = None
+        self,
+        upstream_dsn: str,
+        *,
+        strip_options: bool,
+        hold_from: int | None = None,
+        latency_seconds: float = 0.0,
     ) -> None:
         params = conninfo_to_dict(upstream_dsn)
         self._host = str(params.get("host", "127.0.0.1"))
@@ -72,9 +100,24 @@ class PgProxy:
         self.startups: list[bytes] = []  # what reached the server, for the test to inspect
         self._sockets: list[socket.socket] = []
         self._hold_from = hold_from
+        self.latency_seconds = latency_seconds
         self._accepted = 0
-        self.holding = threading.Event()  # a connection is parked
+        self.holding = threading.Event()  # a connection (or a message: park) is parked
         self._gate = threading.Event()
+        self._park: set[int] = set()  # connections whose next message waits for the gate
+
+    def park(self, index: int) -> None:
+        """Hold the next message the client of connection `index` (from 0) sends until
+        `release()`; `holding` is set once it is held."""
+        self._gate.clear()
+        self.holding.clear()
+        self._park.add(index)
+
+    def _parked(self, index: int) -> None:
+        if index in self._park:
+            self._park.discard(index)
+            self.holding.set()
+            self._gate.wait()
 
     def release(self) -> None:
         self._gate.set()
@@ -107,9 +150,10 @@ class PgProxy:
         except (OSError, ConnectionError):
             client.close()
             return
+        client = _ParkingSocket(client, lambda: self._parked(index))
         self._sockets += [client, server]
         threading.Thread(target=_relay, args=(server, client), daemon=True).start()
-        _relay(client, server)
+        _relay(client, server, self.latency_seconds)
 
     def _accept(self) -> None:
         with suppress(OSError):
@@ -120,17 +164,33 @@ class PgProxy:
 
     def close(self) -> None:
         self._gate.set()
+        with suppress(OSError):  # wakes the accepting thread (a close alone does not)
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         for sock in self._sockets:
             with suppress(OSError):
                 sock.close()
 
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far."""
+        return self._accepted
+
 
 @contextmanager
 def pg_proxy(
-    upstream_dsn: str, *, strip_options: bool = False, hold_from: int | None = None
+    upstream_dsn: str,
+    *,
+    strip_options: bool = False,
+    hold_from: int | None = None,
+    latency_seconds: float = 0.0,
 ) -> Iterator[PgProxy]:
-    proxy = PgProxy(upstream_dsn, strip_options=strip_options, hold_from=hold_from)
+    proxy = PgProxy(
+        upstream_dsn,
+        strip_options=strip_options,
+        hold_from=hold_from,
+        latency_seconds=latency_seconds,
+    )
     thread = threading.Thread(target=proxy._accept, daemon=True)
     thread.start()
     try:

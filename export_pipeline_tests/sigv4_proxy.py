@@ -51,6 +51,10 @@ class Faults:
         with self._lock:
             self._rules.append([method, fragment, count, self.HOLD, ""])
 
+    def seen(self, method: str, target: str, body: bytes) -> None:
+        """Called with every request whose signature checks out, before `take` (a hook for
+        recorders, see request_counts.py; nothing here)."""
+
     def take(self, method: str, target: str) -> tuple[int, str] | None:
         with self._lock:
             for rule in self._rules:
@@ -166,6 +170,8 @@ def _handler(
             except (SignatureError, KeyError, ValueError) as exc:
                 self._error(403, "SignatureDoesNotMatch", str(exc))
                 return
+            if faults:
+                faults.seen(self.command, self.path, body)
             fault = faults.take(self.command, self.path) if faults else None
             if fault is not None and fault[0] == Faults.HOLD:
                 assert faults is not None

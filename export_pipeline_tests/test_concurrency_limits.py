@@ -1,65 +1,75 @@
-"""The instance limits hold for real runs: the queue, the per-partition tag limit, the source pool.
+"""The limits hold for real runs through the daemon: the run queue, the source pool, and the
+partition locks that keep two runs from writing one customer-month at once.
 
-dagster-webserver and dagster-daemon run on the production instance config (deploy/dagster.yaml)
-with `max_concurrent_runs` and the pool's `default_limit` lowered to 2, so that a handful of runs
-puts them under pressure. Every export sleeps in PostgreSQL (`pg_sleep` in the dataset's SQL), so
-runs and steps last long enough to overlap. Six runs are launched through GraphQL the way the UI
-materializes one partition, the first two for the same customer-month; the daemon drains them.
-Then, from the event log of the finished runs:
+A code server, dagster-webserver and dagster-daemon serve the module (`e2e_services`) on the
+production instance config (deploy/dagster.yaml) with `max_concurrent_runs` lowered to 3, so
+that a few runs put it under pressure. The pool test sets the source pool's own limit to 2, as
+an operator would (`dagster instance concurrency set export_source_db 2`), so that the pool
+binds before the run limit does (every run executes in process, one step at a time, so a run
+holds at most one slot). Storage is S3 (moto behind the SigV4-checking proxy).
 
-- no two runs of one `dagster/partition` were in progress at once (the tag limit), and the
-  second run of that partition was queued while the first was still in progress (so the limit,
-  not luck, kept them apart);
-- at no instant were more than `max_concurrent_runs` runs in progress, and at some instant that
-  many were;
-- at no instant did more steps of pool `export_source_db` run than the pool limit, and at some
-  instant that many did.
+Nothing is left to timing: the test process holds partition locks itself (as another writer,
+`export-pipeline run` say, would), so runs wait inside their export steps, holding a run slot
+and a pool slot, exactly as long as the test wants; what the daemon did meanwhile is then read
+from PostgreSQL's `pg_locks`, the pool's slots and the runs' event logs.
 
 A run is in progress from RUN_STARTING (the daemon dequeued it) to its RUN_SUCCESS / RUN_FAILURE
-/ RUN_CANCELED; that is the span in which the queue counts it. A step counts from
-STEP_WORKER_STARTING (the run worker claimed its slot and is starting the step's process) to
-STEP_SUCCESS / STEP_FAILURE / STEP_UP_FOR_RETRY (after which the worker frees the slot); its
-STEP_START lies in between. Counting from STEP_START instead would miss the process start-up,
-which takes longer than the export itself here, and so would rarely see steps overlap at all.
+/ RUN_CANCELED; that is the span in which the queue counts it. A step of the source pool holds
+its slot from before its STEP_START to after its STEP_SUCCESS / STEP_FAILURE /
+STEP_UP_FOR_RETRY, so counting those spans never overstates how many held a slot at once.
 """
 
 from __future__ import annotations
 
-import logging
+import hashlib
+import json
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import dagster as dg
+import psycopg
 import pytest
-import yaml
 
+from export_pipeline.batch import claim_deliveries
+from export_pipeline.defs.assets import SOURCE_POOL
+from export_pipeline.defs.manifest import MANIFEST_ASSET_KEY
+from export_pipeline.demo.seed import seed_demo
+from export_pipeline.extract.connection import SourceConfig
+from export_pipeline.extract.session import SourceSession, lock_key
+from export_pipeline.io_managers.metadata import export_asset_key, latest_records
+from export_pipeline.partitions import split_partition_key
+from export_pipeline.spec import load_spec
+from export_pipeline.storage.keys import DEFAULT_PREFIX, manifest_key
+from export_pipeline.storage.writer import ObjectStore
 from export_pipeline_tests.dagster_processes import (
+    E2E,
     LOCATION_NAME,
-    REPO_ROOT,
-    dagster_home,
-    dagster_services,
+    e2e_instance_yaml,
+    e2e_services,
     wait_for,
 )
+from export_pipeline_tests.harness import (
+    export_definitions,
+    export_resources,
+    materialize,
+    s3_storage,
+)
+from export_pipeline_tests.services import scratch_database
 
-logger = logging.getLogger(__name__)
-
-RUN_LIMIT = 2
+RUN_LIMIT = 3
 POOL_LIMIT = 2
-SOURCE_POOL = "export_source_db"
 PARTITION_TAG = "dagster/partition"
-SLEEP_SECONDS = 1
 DATASETS = ["events", "invoices", "orders"]
-DUPLICATE = "1|2025-03-01"
-# Queue order: the duplicate twice at the head, so that without the tag limit both would start.
-LAUNCHES = [DUPLICATE, DUPLICATE, "2|2025-03-01", "3|2025-03-01", "1|2025-02-01", "2|2025-02-01"]
-DRAIN_DEADLINE_SECONDS = 240
+EXPORT_KEYS = [export_asset_key(d) for d in DATASETS]
+GROUP = [*EXPORT_KEYS, MANIFEST_ASSET_KEY]
+CUSTOMERS = ["1", "2", "3", "4", "5"]
+DEADLINE_SECONDS = 180
 
-# Each dataset sleeps once per export (an uncorrelated subquery is evaluated once).
-SLOW_SPEC = f"""
+SPEC = """
 customers:
   table: public.customers
   key_column: id
@@ -67,30 +77,21 @@ months:
   start: "2025-01"
 datasets:
   events:
-    sql: |
-      SELECT e.* FROM public.events AS e
-      WHERE e.customer_id = %(customer)s
-        AND e.occurred_at >= %(month_start)s AND e.occurred_at < %(month_end)s
-        AND (SELECT pg_sleep({SLEEP_SECONDS})) IS NOT NULL
+    table: public.events
     customer_column: customer_id
-    format: jsonl
-    compression: none
+    time_column: occurred_at
+    format: parquet
+    compression: zstd
   orders:
-    sql: |
-      SELECT o.* FROM public.orders AS o
-      WHERE o.customer_id = %(customer)s
-        AND o.ordered_at >= %(month_start)s AND o.ordered_at < %(month_end)s
-        AND (SELECT pg_sleep({SLEEP_SECONDS})) IS NOT NULL
+    table: public.orders
     customer_column: customer_id
+    time_column: ordered_at
     format: jsonl
     compression: none
   invoices:
-    sql: |
-      SELECT i.* FROM public.invoices AS i
-      WHERE i.customer_id = %(customer)s
-        AND i.issued_on >= %(month_start)s AND i.issued_on < %(month_end)s
-        AND (SELECT pg_sleep({SLEEP_SECONDS})) IS NOT NULL
+    table: public.invoices
     customer_column: customer_id
+    time_column: issued_on
     format: csv
     compression: gzip
 """
@@ -121,7 +122,6 @@ STEP_END_EVENTS = {
     dg.DagsterEventType.STEP_FAILURE,
     dg.DagsterEventType.STEP_UP_FOR_RETRY,
 }
-STEP_EVENTS = {dg.DagsterEventType.STEP_WORKER_STARTING} | STEP_START_EVENTS | STEP_END_EVENTS
 
 
 @dataclass(frozen=True)
@@ -168,78 +168,132 @@ def test_most_at_once(intervals: list[tuple[float, float]], expected: int) -> No
     assert most_at_once(spans)[0] == expected
 
 
-def limits_yaml() -> tuple[str, dict[str, Any]]:
-    """deploy/dagster.yaml with the run and pool limits lowered; also its tag limit."""
-    config = yaml.safe_load((REPO_ROOT / "deploy" / "dagster.yaml").read_text())
-    config["concurrency"]["runs"]["max_concurrent_runs"] = RUN_LIMIT
-    config["concurrency"]["pools"]["default_limit"] = POOL_LIMIT
-    (tag_limit,) = config["concurrency"]["runs"]["tag_concurrency_limits"]
-    return yaml.safe_dump(config, sort_keys=False), tag_limit
+# -- the module's services ---------------------------------------------------------------
+@dataclass
+class Limits:
+    e2e: E2E
+    bucket: str
+    s3: Any
+    store: ObjectStore
+
+    def launch(
+        self,
+        assets: Sequence[dg.AssetKey],
+        partition: str | None = None,
+        partition_range: tuple[str, str] | None = None,
+    ) -> str:
+        """What the UI sends to materialize `assets` for one partition (its tags), or what a
+        schedule's ranged run request carries (the range tags)."""
+        if partition is not None:
+            customer, month = partition.split("|")
+            tags = {
+                PARTITION_TAG: partition,
+                f"{PARTITION_TAG}/customer": customer,
+                f"{PARTITION_TAG}/month": month,
+            }
+        else:
+            assert partition_range is not None
+            tags = {
+                "dagster/asset_partition_range_start": partition_range[0],
+                "dagster/asset_partition_range_end": partition_range[1],
+            }
+        params = {
+            "selector": {
+                "repositoryLocationName": LOCATION_NAME,
+                "repositoryName": "__repository__",
+                "jobName": "__ASSET_JOB",
+                "assetSelection": [{"path": key.path} for key in assets],
+            },
+            "runConfigData": {},
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+        }
+        launched = self.e2e.services.graphql(LAUNCH_RUN, {"params": params})["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id: str = launched["run"]["runId"]
+        return run_id
+
+    def finished(self, run_ids: list[str]) -> list[dg.RunRecord]:
+        def done() -> list[dg.RunRecord] | None:
+            records = self.e2e.instance.get_run_records(filters=dg.RunsFilter(run_ids=run_ids))
+            finished = len(records) == len(run_ids) and all(
+                r.dagster_run.is_finished for r in records
+            )
+            return list(records) if finished else None
+
+        return wait_for("the runs to finish", DEADLINE_SECONDS, done)
+
+    def key(self, partition: str) -> int:
+        customer, month = split_partition_key(partition)
+        return lock_key(self.store.location, customer, str(month))
+
+    def holder(self) -> SourceSession:
+        """A source session of the test's own, to hold partition locks as another writer."""
+        return SourceSession(SourceConfig(self.e2e.source_dsn))
+
+    def hold(self, holder: SourceSession, partitions: list[str]) -> None:
+        claim_deliveries(holder, self.store, [split_partition_key(p) for p in partitions])
+
+    def read(self, uri: str) -> bytes:
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        assert bucket == self.bucket, uri
+        body: bytes = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return body
 
 
-def launch_params(partition: str) -> dict[str, Any]:
-    """What the UI sends to materialize one customer-month of every dataset."""
-    customer, month = partition.split("|")
-    return {
-        "selector": {
-            "repositoryLocationName": LOCATION_NAME,
-            "repositoryName": "__repository__",
-            "jobName": "__ASSET_JOB",
-            "assetSelection": [{"path": ["exports", d]} for d in DATASETS],
-        },
-        "runConfigData": {},
-        "executionMetadata": {
-            "tags": [
-                {"key": PARTITION_TAG, "value": partition},
-                {"key": f"{PARTITION_TAG}/customer", "value": customer},
-                {"key": f"{PARTITION_TAG}/month", "value": month},
-            ]
-        },
+@pytest.fixture(scope="module")
+def limits(
+    tmp_path_factory: pytest.TempPathFactory, pg_server: str, s3_endpoint: str
+) -> Iterator[Limits]:
+    root = tmp_path_factory.mktemp("limits")
+    spec = root / "exports.yaml"
+    spec.write_text(SPEC)
+    bucket = "e2e-limits"
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket=bucket)
+
+    def lowered(config: dict[str, Any]) -> None:
+        config["concurrency"]["runs"]["max_concurrent_runs"] = RUN_LIMIT
+
+    env = {
+        "EXPORT_STORAGE_DIR": None,
+        "EXPORT_S3_BUCKET": bucket,
+        "EXPORT_S3_ENDPOINT_URL": s3_endpoint,
     }
+    with scratch_database(pg_server, "e2e_source") as source_dsn:
+        seed_demo(source_dsn, rows=5_000, customers=len(CUSTOMERS), year=2025)
+        with e2e_services(
+            root,
+            pg_server,
+            source_dsn=source_dsn,
+            spec=spec,
+            instance_yaml=e2e_instance_yaml(lowered),
+            env=env,
+            customers=CUSTOMERS,
+        ) as e2e:
+            store = s3_storage(s3_endpoint, bucket).store()
+            yield Limits(e2e, bucket, s3, store)
 
 
-@pytest.mark.slow
-def test_run_tag_and_pool_limits_hold(
-    tmp_path: Path, demo_dsn: str, scratch_dsn: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    instance_yaml, tag_limit = limits_yaml()
-    # The rule the tag check below relies on: one run per value of dagster/partition.
-    assert tag_limit == {
-        "key": PARTITION_TAG,
-        "value": {"applyLimitPerUniqueValue": True},
-        "limit": 1,
-    }
-    spec = tmp_path / "slow_exports.yaml"
-    spec.write_text(SLOW_SPEC)
-    home = dagster_home(
-        tmp_path, instance_yaml, instance_dsn=scratch_dsn, source_dsn=demo_dsn, spec=spec
-    )
-    monkeypatch.setenv("DAGSTER_PG_URL", home.env["DAGSTER_PG_URL"])
-    with dg.DagsterInstance.from_config(str(home.home)) as instance:
-        instance.add_dynamic_partitions("customers", sorted({p.split("|")[0] for p in LAUNCHES}))
-        started = time.monotonic()
-        with dagster_services(home) as services:
-            ready = time.monotonic()
-            run_ids = []
-            for partition in LAUNCHES:
-                result = services.graphql(LAUNCH_RUN, {"params": launch_params(partition)})
-                launched = result["launchRun"]
-                assert launched["__typename"] == "LaunchRunSuccess", launched
-                run_ids.append(launched["run"]["runId"])
+# -- what the event logs and pg_locks say -------------------------------------------------
+def advisory_locks(dsn: str) -> list[tuple[int, bool, int]]:
+    """(lock key, granted, backend pid) of every bigint advisory lock in the database."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT classid::bigint, objid::bigint, granted, pid FROM pg_locks"
+            " WHERE locktype = 'advisory' AND objsubid = 1"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchall()
+    locks = []
+    for high, low, granted, pid in rows:
+        key = (high << 32) | low
+        locks.append((key - (1 << 64) if key >= 1 << 63 else key, granted, pid))
+    return locks
 
-            def all_finished() -> list[dg.RunRecord] | None:
-                records = instance.get_run_records(filters=dg.RunsFilter(run_ids=run_ids))
-                done = all(r.dagster_run.is_finished for r in records)
-                return list(records) if done and len(records) == len(run_ids) else None
 
-            records = wait_for("the runs to finish", DRAIN_DEADLINE_SECONDS, all_finished)
-            drained = time.monotonic()
-        logger.info("startup %.1fs, drain %.1fs", ready - started, drained - ready)
-
-        statuses = {r.dagster_run.run_id: r.dagster_run.status for r in records}
-        assert set(statuses.values()) == {dg.DagsterRunStatus.SUCCESS}, statuses
-        check_run_limits(instance, records)
-        check_pool_limit(instance, records)
+def waiting_on(dsn: str, keys: Iterable[int]) -> dict[int, int]:
+    """Key -> pid of the backend waiting for it, for those of `keys` someone waits for."""
+    wanted = set(keys)
+    return {key: pid for key, granted, pid in advisory_locks(dsn) if key in wanted and not granted}
 
 
 def event_times(
@@ -260,64 +314,191 @@ def run_span(instance: dg.DagsterInstance, record: dg.RunRecord) -> Span:
     # The run record's own start/end (RUN_START, RUN_SUCCESS) lie within that span.
     assert record.start_time is not None and record.end_time is not None
     assert start <= record.start_time <= record.end_time <= end + 0.001, run.run_id
-    return Span(f"{run.tags[PARTITION_TAG]} {run.run_id[:8]}", start, end)
+    return Span(run.run_id[:8], start, end)
 
 
-def check_run_limits(instance: dg.DagsterInstance, records: Sequence[dg.RunRecord]) -> None:
-    spans = {r.dagster_run.run_id: run_span(instance, r) for r in records}
-    by_partition: dict[str, list[dg.RunRecord]] = defaultdict(list)
-    for record in records:
-        by_partition[record.dagster_run.tags[PARTITION_TAG]].append(record)
-    assert sorted(by_partition) == sorted(set(LAUNCHES))
-
-    for partition, runs in by_partition.items():
-        count, overlapping = most_at_once(spans[r.dagster_run.run_id] for r in runs)
-        assert count <= 1, f"runs of partition {partition} in progress together: {overlapping}"
-
-    # The two runs of DUPLICATE were both in the queue at once, so the tag limit had to act.
-    first, second = sorted(by_partition[DUPLICATE], key=lambda r: spans[r.dagster_run.run_id].start)
-    (enqueued,) = [
-        t
-        for _, _, t in event_times(
-            instance, second.dagster_run.run_id, {dg.DagsterEventType.RUN_ENQUEUED}
-        )
-    ]
-    assert enqueued < spans[first.dagster_run.run_id].end, "the duplicate was queued too late"
-
-    count, overlapping = most_at_once(spans.values())
-    assert count <= RUN_LIMIT, f"more than {RUN_LIMIT} runs in progress: {overlapping}"
-    assert count == RUN_LIMIT, "the run limit was never reached; the test exerted no pressure"
-
-
-def check_pool_limit(instance: dg.DagsterInstance, records: Sequence[dg.RunRecord]) -> None:
+def pool_step_spans(instance: dg.DagsterInstance, record: dg.RunRecord) -> list[Span]:
+    """The spans of the run's steps of the source pool (STEP_START to the step's end)."""
+    run = record.dagster_run
+    assert run.execution_plan_snapshot_id is not None
+    plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+    pool_steps = {step.key for step in plan.steps if step.pool == SOURCE_POOL}
     spans = []
-    for record in records:
-        run = record.dagster_run
-        assert run.execution_plan_snapshot_id is not None
-        plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
-        pool_steps = {step.key for step in plan.steps if step.pool == SOURCE_POOL}
-        assert pool_steps == {f"exports__{d}" for d in DATASETS}, run.run_id
-        events = event_times(instance, run.run_id, STEP_EVENTS)
-        opened: dict[str, float] = {}
-        started: set[str] = set()
-        for kind, step_key, timestamp in sorted(events, key=lambda e: e[2]):
-            assert step_key is not None
-            if step_key not in pool_steps:
-                continue
-            what = (run.run_id, step_key, kind)
-            if kind == dg.DagsterEventType.STEP_WORKER_STARTING:
-                assert step_key not in opened, what
-                opened[step_key] = timestamp
-            elif kind in STEP_START_EVENTS:
-                assert step_key in opened and step_key not in started, what
-                started.add(step_key)
-            else:
-                assert step_key in started, what
-                started.discard(step_key)
-                spans.append(Span(f"{run.run_id[:8]} {step_key}", opened.pop(step_key), timestamp))
-        assert not opened, f"steps without an end in {run.run_id}: {opened}"
-    assert len(spans) >= len(records) * len(DATASETS)
+    started: dict[str, float] = {}
+    events = event_times(instance, run.run_id, STEP_START_EVENTS | STEP_END_EVENTS)
+    for kind, step_key, timestamp in sorted(events, key=lambda e: e[2]):
+        assert step_key is not None
+        if step_key not in pool_steps:
+            continue
+        if kind in STEP_START_EVENTS:
+            assert step_key not in started, (run.run_id, step_key, kind)
+            started[step_key] = timestamp
+        else:
+            spans.append(Span(f"{run.run_id[:8]} {step_key}", started.pop(step_key), timestamp))
+    assert not started, f"steps without an end in {run.run_id}: {started}"
+    return spans
 
-    count, overlapping = most_at_once(spans)
-    assert count <= POOL_LIMIT, f"more than {POOL_LIMIT} {SOURCE_POOL} steps at once: {overlapping}"
-    assert count == POOL_LIMIT, "the pool limit was never reached; the test exerted no pressure"
+
+def first_pool_step_start(instance: dg.DagsterInstance, record: dg.RunRecord) -> float:
+    return min(span.start for span in pool_step_spans(instance, record))
+
+
+# -- the tests ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_pool_bounds_the_export_steps_and_the_queue_the_runs(limits: Limits) -> None:
+    """Three export runs (1-3|February) and two manifest runs (4-5|February), all held by the
+    test's partition locks: two export runs take both pool slots and wait; the third waits in
+    the queue for the pool, although the run limit would admit it (a manifest run, which uses
+    no pool slot and was queued after it, is launched meanwhile); the second manifest run then
+    waits in the queue for the run limit. Once the locks are released, all five succeed, and
+    their event logs show at most 2 pool steps and 3 runs at once, and that many at some point.
+    """
+    instance = limits.e2e.instance
+    exports = ["1|2025-02-01", "2|2025-02-01", "3|2025-02-01"]
+    manifests = ["4|2025-02-01", "5|2025-02-01"]
+    # The manifest runs need their exports recorded first: one ranged run, in process.
+    env = limits.e2e.home.env
+    storage = s3_storage(env["EXPORT_S3_ENDPOINT_URL"], limits.bucket)
+    resources = export_resources(limits.e2e.source_dsn, storage)
+    spec = load_spec(Path(env["EXPORT_SPEC"]))
+    defs = export_definitions(spec, resources, checks=False, manifest=False)
+    assert materialize(instance, defs, (manifests[0], manifests[-1]), EXPORT_KEYS).success
+
+    pools = instance.event_log_storage
+    default_limit = instance.global_op_concurrency_default_limit
+    assert default_limit is not None and default_limit >= RUN_LIMIT  # never binds as deployed
+    pools.set_concurrency_slots(SOURCE_POOL, POOL_LIMIT)
+    holder = limits.holder()
+    try:
+        limits.hold(holder, exports + manifests)
+        export_runs = {limits.launch(GROUP, p): p for p in exports}
+
+        def two_export_runs_hold_the_pool() -> set[str] | None:
+            info = instance.event_log_storage.get_concurrency_info(SOURCE_POOL)
+            assert info.slot_count == POOL_LIMIT
+            holding = {slot.run_id for slot in info.claimed_slots}
+            waiting = waiting_on(limits.e2e.source_dsn, [limits.key(p) for p in exports])
+            return holding if len(holding) == POOL_LIMIT and len(waiting) == POOL_LIMIT else None
+
+        holding = wait_for(
+            "two export runs in their steps", DEADLINE_SECONDS, two_export_runs_hold_the_pool
+        )
+        (queued,) = set(export_runs) - holding
+        first_manifest = limits.launch([MANIFEST_ASSET_KEY], manifests[0])
+        second_manifest = limits.launch([MANIFEST_ASSET_KEY], manifests[1])
+        wait_for(
+            "the first manifest run in its step",
+            DEADLINE_SECONDS,
+            lambda: waiting_on(limits.e2e.source_dsn, [limits.key(manifests[0])]) or None,
+        )
+        # Still held: the pool's two slots, the queue's three runs.
+        info = instance.event_log_storage.get_concurrency_info(SOURCE_POOL)
+        assert {slot.run_id for slot in info.claimed_slots} == holding
+        waiting = instance.get_runs(filters=dg.RunsFilter(run_ids=[queued, second_manifest]))
+        assert {r.run_id: r.status for r in waiting} == {
+            queued: dg.DagsterRunStatus.QUEUED,
+            second_manifest: dg.DagsterRunStatus.QUEUED,
+        }
+        released = time.time()
+    finally:
+        holder.close()
+
+    run_ids = [*export_runs, first_manifest, second_manifest]
+    try:
+        records = {r.dagster_run.run_id: r for r in limits.finished(run_ids)}
+    finally:
+        pools.set_concurrency_slots(SOURCE_POOL, default_limit)
+    statuses = {run_id: r.dagster_run.status for run_id, r in records.items()}
+    assert set(statuses.values()) == {dg.DagsterRunStatus.SUCCESS}, statuses
+
+    runs = {run_id: run_span(instance, r) for run_id, r in records.items()}
+    count, overlapping = most_at_once(runs.values())
+    assert count == RUN_LIMIT, f"{count} runs at once, not {RUN_LIMIT}: {overlapping}"
+    # The third export run was passed over for the pool while a later run was launched; the
+    # second manifest run waited for the run limit.
+    assert runs[first_manifest].start < released < runs[queued].start
+    assert runs[second_manifest].start > released
+    steps = [span for r in records.values() for span in pool_step_spans(instance, r)]
+    assert len(steps) == len(exports) * len(DATASETS)
+    count, overlapping = most_at_once(steps)
+    assert count == POOL_LIMIT, (
+        f"{count} {SOURCE_POOL} steps at once, not {POOL_LIMIT}: {overlapping}"
+    )
+    assert first_pool_step_start(instance, records[queued]) > released
+
+
+@pytest.mark.slow
+def test_a_run_waits_for_the_customer_month_another_run_is_writing(limits: Limits) -> None:
+    """A ranged run R (1-3|March) and a run S of one customer-month inside its range. R takes
+    its partition locks in its first step and holds them to its end; the test holds one of
+    them first, so that R stops there holding the other two; S, launched then, waits for the
+    one it shares with R. Both succeed; S wrote that customer-month only after R's last write;
+    and the stored objects, the latest materializations and the manifest agree byte for byte.
+    """
+    instance = limits.e2e.instance
+    partitions = ["1|2025-03-01", "2|2025-03-01", "3|2025-03-01"]
+    keys = {p: limits.key(p) for p in partitions}
+    # R claims its keys in ascending order: holding the largest stops R with the others held.
+    held = max(partitions, key=keys.__getitem__)
+    shared = min(partitions, key=keys.__getitem__)
+    holder = limits.holder()
+    try:
+        limits.hold(holder, [held])
+        ranged = limits.launch(GROUP, partition_range=(partitions[0], partitions[-1]))
+
+        def ranged_run_holds_the_others() -> int | None:
+            locks = advisory_locks(limits.e2e.source_dsn)
+            waiting = {pid for key, granted, pid in locks if key == keys[held] and not granted}
+            if len(waiting) != 1:
+                return None
+            (pid,) = waiting
+            mine = {key for key, granted, owner in locks if granted and owner == pid}
+            return pid if mine == {keys[p] for p in partitions if p != held} else None
+
+        ranged_pid = wait_for("R to hold two locks", DEADLINE_SECONDS, ranged_run_holds_the_others)
+        single = limits.launch(GROUP, shared)
+        single_pid = wait_for(
+            "S to wait for the customer-month R holds",
+            DEADLINE_SECONDS,
+            lambda: waiting_on(limits.e2e.source_dsn, [keys[shared]]).get(keys[shared]),
+        )
+        assert single_pid != ranged_pid
+    finally:
+        holder.close()
+
+    records = {r.dagster_run.run_id: r for r in limits.finished([ranged, single])}
+    assert {r.dagster_run.status for r in records.values()} == {dg.DagsterRunStatus.SUCCESS}
+
+    def written(run_id: str, partition: str) -> list[float]:
+        return [
+            entry.timestamp
+            for entry in instance.all_logs(
+                run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+            )
+            if entry.asset_materialization is not None
+            and entry.asset_materialization.partition == partition
+        ]
+
+    by_ranged, by_single = written(ranged, shared), written(single, shared)
+    assert len(by_ranged) == len(by_single) == len(GROUP)  # 3 exports and the manifest each
+    assert max(by_ranged) < min(by_single), "S wrote the customer-month while R held it"
+
+    # Byte for byte: the latest materialization of each customer-month is the last writer's,
+    # and the stored object hashes to it; the manifest lists exactly those objects.
+    for partition in partitions:
+        files: dict[str, dict[str, Any]] = {}
+        for dataset, key in zip(DATASETS, EXPORT_KEYS, strict=True):
+            latest = latest_records(instance, key, [partition])[partition]
+            assert latest.run_id == (single if partition == shared else ranged), (key, partition)
+            body = limits.read(str(latest.metadata["uri"]))
+            assert hashlib.sha256(body).hexdigest() == latest.metadata["sha256"], (key, partition)
+            files[dataset] = latest.metadata
+        manifest = latest_records(instance, MANIFEST_ASSET_KEY, [partition])[partition]
+        assert manifest.run_id == (single if partition == shared else ranged), partition
+        customer, month = split_partition_key(partition)
+        document = json.loads(
+            limits.read(f"s3://{limits.bucket}/{manifest_key(DEFAULT_PREFIX, customer, month)}")
+        )
+        assert {d: e["sha256"] for d, e in document["datasets"].items()} == {
+            d: md["sha256"] for d, md in files.items()
+        }, partition

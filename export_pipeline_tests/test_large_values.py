@@ -38,22 +38,24 @@ CASES = [
 CHILD = """
 import json, resource, sys
 from psycopg import sql
-from export_pipeline.engine import export_query
+from export_pipeline.engine import ExportStream, object_headers
 from export_pipeline.extract.connection import SourceConfig
 from export_pipeline.spec import Compression, Format
 from export_pipeline.storage.local import LocalObjectStore
 dsn, fmt, compression, folder = sys.argv[1:5]
-store = LocalObjectStore(folder, prefix="")
+store = LocalObjectStore(folder)
 def export(query, key):
-    return export_query(SourceConfig(dsn), store, key, sql.Composed([sql.SQL(query)]), {},
-                        Format(fmt), Compression(compression), name="big")
+    stream = ExportStream(SourceConfig(dsn), sql.Composed([sql.SQL(query)]), {}, name="big",
+                          format=Format(fmt), compression=Compression(compression))
+    with store.open_writer(key, object_headers(stream, key)) as writer:
+        rows = stream.write_to(writer).rows
+        return rows, writer.commit()
 # imports, connections, allocator arenas: the baseline
 export("SELECT id, j, t, b FROM big WHERE false", "warm-up")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-delivery = export("SELECT id, j, t, b FROM big", "big")
+rows, stored = export("SELECT id, j, t, b FROM big", "big")
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"before": before, "after": after, "rows": delivery.rows,
-                  "size": delivery.stored.size_bytes}))
+print(json.dumps({"before": before, "after": after, "rows": rows, "size": stored.size_bytes}))
 """
 
 

@@ -1,41 +1,46 @@
 """A run whose worker is killed outright (SIGKILL) is marked failed, not left STARTED.
 
-dagster-webserver and dagster-daemon run on the production instance config
-(deploy/dagster.yaml) with run monitoring's `max_runtime_seconds` lowered to MAX_RUNTIME and
-its poll interval to 1 s. One run exports a dataset whose query sleeps in PostgreSQL; once its
-query runs, the run worker and the step's process are SIGKILLed (the pids Dagster itself logs):
+A code server, dagster-webserver and dagster-daemon serve the module (`e2e_services`) on the
+production instance config (deploy/dagster.yaml) with run monitoring's `max_runtime_seconds`
+lowered to MAX_RUNTIME and its poll interval to 1 s. A run exports a dataset whose query sleeps
+in PostgreSQL; once the query runs, the run worker (the one process that executes every step
+of a run: the in-process executor; its pid is the one Dagster logs) is SIGKILLed:
 - alone: the code server that launched the run sees its process die and fails the run within
   seconds ("Run execution process for <run> ...");
 - with that code server (a container or host killed whole): nothing is left to notice; the run
-  stays STARTED until the daemon's run monitoring fails it past the maximum runtime (3 h in
+  stays STARTED until the daemon's run monitoring fails it past the maximum runtime (12 h in
   production; docs/operations.md). The default run launcher cannot check a worker's health,
   so that timeout is the backstop.
+The second kills the module's code server, so it comes last.
 """
 
 from __future__ import annotations
 
-import re
+import logging
 import signal
 import time
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 import psutil
 import psycopg
 import pytest
-import yaml
 
+from export_pipeline.demo.seed import seed_demo
 from export_pipeline_tests.dagster_processes import (
+    E2E,
     LOCATION_NAME,
-    REPO_ROOT,
-    dagster_home,
-    dagster_services,
+    e2e_instance_yaml,
+    e2e_services,
     wait_for,
 )
+from export_pipeline_tests.services import scratch_database
 
-MAX_RUNTIME = 60
-PARTITION = "1|2025-03-01"
+pytestmark = pytest.mark.slow
+logger = logging.getLogger(__name__)
+
+MAX_RUNTIME = 10  # the kill comes 1-2 s after the run starts (asserted below)
 SLEEP = "pg_sleep(300)"
 # The export's query, sleeping (its text is too long for pg_stat_activity to show the SQL).
 SLEEPING = (
@@ -68,19 +73,12 @@ mutation($params: ExecutionParams!) {
   }
 }
 """
-PID = re.compile(r"multiprocess executor: parent process \(pid: (\d+)\)")
+IN_PROCESS = "Executing steps in process"
 
 
-def _instance_yaml() -> str:
-    config = yaml.safe_load((REPO_ROOT / "deploy" / "dagster.yaml").read_text())
-    config["run_monitoring"]["max_runtime_seconds"] = MAX_RUNTIME
-    config["run_monitoring"]["poll_interval_seconds"] = 1
-    return yaml.safe_dump(config, sort_keys=False)
-
-
-def _params() -> dict[str, Any]:
-    customer, month = PARTITION.split("|")
-    tags = {"dagster/partition": PARTITION, "dagster/partition/customer": customer}
+def _params(partition: str) -> dict[str, Any]:
+    customer, month = partition.split("|")
+    tags = {"dagster/partition": partition, "dagster/partition/customer": customer}
     tags["dagster/partition/month"] = month
     return {
         "selector": {
@@ -94,21 +92,42 @@ def _params() -> dict[str, Any]:
     }
 
 
-def _run_processes(instance: dg.DagsterInstance, run_id: str) -> list[int] | None:
-    """The run worker's pid and its step's, once the step's query is running."""
-    worker: list[int] = []
-    steps: list[int] = []
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[E2E]:
+    root = tmp_path_factory.mktemp("run_monitoring")
+    spec = root / "sleepy.yaml"
+    spec.write_text(SPEC)
+
+    def monitoring(config: dict[str, Any]) -> None:
+        config["run_monitoring"]["max_runtime_seconds"] = MAX_RUNTIME
+        config["run_monitoring"]["poll_interval_seconds"] = 1
+
+    with scratch_database(pg_server, "e2e_source") as source_dsn:
+        seed_demo(source_dsn, rows=1_000, customers=2, year=2025)
+        with e2e_services(
+            root,
+            pg_server,
+            source_dsn=source_dsn,
+            spec=spec,
+            instance_yaml=e2e_instance_yaml(monitoring),
+            customers=["1", "2"],
+        ) as services:
+            yield services
+
+
+def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The run worker's pid, once the export step has started."""
+    pid = None
     for entry in instance.all_logs(run_id):
         event = entry.dagster_event
         if event is None:
             continue
-        match = PID.search(event.message or "")
-        if match:
-            worker.append(int(match.group(1)))
-        if event.event_type == dg.DagsterEventType.STEP_WORKER_STARTED:
-            steps.append(int(event.event_specific_data.metadata["pid"].value))  # type: ignore[union-attr]
-        if event.event_type == dg.DagsterEventType.STEP_START and worker and steps:
-            return worker + steps
+        if event.event_type == dg.DagsterEventType.ENGINE_EVENT and (
+            event.message or ""
+        ).startswith(IN_PROCESS):
+            pid = int(str(event.engine_event_data.metadata["pid"].value))
+        if event.event_type == dg.DagsterEventType.STEP_START and pid is not None:
+            return pid
     return None
 
 
@@ -125,9 +144,7 @@ def _kill_tree(pids: list[int]) -> None:
 
 def _sleeping_queries(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            SLEEPING,
-        ).fetchone()
+        row = conn.execute(SLEEPING).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -139,60 +156,68 @@ def _stop_sleeping_queries(dsn: str) -> None:
         )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "with_code_server", [False, True], ids=["worker", "worker-and-code-server"]
-)
-def test_run_whose_worker_was_killed_is_marked_failed(
-    with_code_server: bool,
-    tmp_path: Path,
-    demo_dsn: str,
-    scratch_dsn: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """worker: the code server that launched the run sees its process die and fails the run at
-    once. worker-and-code-server (a container killed whole): nothing is left to notice, the
-    run stays STARTED until run monitoring fails it past `max_runtime_seconds`."""
-    spec = tmp_path / "sleepy.yaml"
-    spec.write_text(SPEC)
-    home = dagster_home(
-        tmp_path, _instance_yaml(), instance_dsn=scratch_dsn, source_dsn=demo_dsn, spec=spec
-    )
-    monkeypatch.setenv("DAGSTER_PG_URL", home.env["DAGSTER_PG_URL"])
+def _kill_mid_query(
+    e2e: E2E, partition: str, with_code_server: bool
+) -> tuple[dg.DagsterRun, float]:
+    """Launch a run of `partition`, SIGKILL its worker (and the code server) once its query
+    sleeps; the run once it is finished, and how long after the kill that took."""
+    instance = e2e.instance
     try:
-        with (
-            dg.DagsterInstance.from_config(str(home.home)) as instance,
-            dagster_services(home) as services,
-        ):
-            instance.add_dynamic_partitions("customers", [PARTITION.split("|")[0]])
-            launched = services.graphql(LAUNCH_RUN, {"params": _params()})["launchRun"]
-            assert launched["__typename"] == "LaunchRunSuccess", launched
-            run_id = launched["run"]["runId"]
-            pids = wait_for("the step to start", 120, lambda: _run_processes(instance, run_id))
-            wait_for("the export query", 60, lambda: _sleeping_queries(demo_dsn) or None)
-            if with_code_server:
-                code_server = psutil.Process(pids[0]).parent()
-                assert code_server is not None and "grpc" in " ".join(code_server.cmdline())
-                pids.insert(0, code_server.pid)
-            _kill_tree(pids)
-            killed = time.monotonic()
+        launched = e2e.services.graphql(LAUNCH_RUN, {"params": _params(partition)})["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id = launched["run"]["runId"]
+        worker = wait_for("the step to start", 120, lambda: _worker_pid(instance, run_id))
+        wait_for("the export query", 60, lambda: _sleeping_queries(e2e.source_dsn) or None)
+        pids = [worker]
+        if with_code_server:
+            code_server = psutil.Process(worker).parent()
+            assert code_server is not None and "grpc" in " ".join(code_server.cmdline())
+            pids.insert(0, code_server.pid)
+        _kill_tree(pids)
+        killed = time.monotonic()
+        killed_at = time.time()
 
-            def finished() -> dg.DagsterRun | None:
-                run = instance.get_run_by_id(run_id)
-                return run if run is not None and run.is_finished else None
+        def finished() -> dg.DagsterRun | None:
+            run = instance.get_run_by_id(run_id)
+            return run if run is not None and run.is_finished else None
 
-            run = wait_for("the run to be marked failed", MAX_RUNTIME + 90, finished)
-            took = time.monotonic() - killed
-            assert run.status == dg.DagsterRunStatus.FAILURE
-            messages = [
-                e.dagster_event.message or ""
-                for e in instance.all_logs(run_id)
-                if e.dagster_event is not None
-            ]
-            if with_code_server:
-                assert any(f"maximum runtime of {MAX_RUNTIME} seconds" in m for m in messages)
-            else:
-                assert any(f"Run execution process for {run_id}" in m for m in messages)
-                assert took < MAX_RUNTIME / 2  # not the maximum runtime: the code server
+        run = wait_for("the run to be marked failed", MAX_RUNTIME + 90, finished)
+        record = instance.get_run_record_by_id(run_id)
+        assert record is not None and record.start_time is not None
+        # Killed while the run was within its maximum runtime: what follows is the kill's doing.
+        logger.info("killed %.1fs after the run started", killed_at - record.start_time)
+        assert killed_at < record.start_time + MAX_RUNTIME, "the kill came too late to tell"
+        return run, time.monotonic() - killed
     finally:
-        _stop_sleeping_queries(demo_dsn)  # the killed step's query sleeps on in PostgreSQL
+        _stop_sleeping_queries(e2e.source_dsn)  # the killed step's query sleeps on in PostgreSQL
+
+
+def _messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    return [
+        e.dagster_event.message or ""
+        for e in instance.all_logs(run_id)
+        if e.dagster_event is not None
+    ]
+
+
+def test_a_run_whose_worker_was_killed_is_failed_by_its_code_server(e2e: E2E) -> None:
+    run, took = _kill_mid_query(e2e, "1|2025-03-01", with_code_server=False)
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    messages = _messages(e2e.instance, run.run_id)
+    assert any(f"Run execution process for {run.run_id}" in m for m in messages), messages
+    # Not the maximum runtime: the code server, at once.
+    assert not any("maximum runtime" in m for m in messages)
+    assert took < MAX_RUNTIME
+
+
+def test_a_run_whose_worker_and_code_server_were_killed_is_failed_by_run_monitoring(
+    e2e: E2E,
+) -> None:
+    run, _ = _kill_mid_query(e2e, "2|2025-03-01", with_code_server=True)
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    record = e2e.instance.get_run_record_by_id(run.run_id)
+    assert record is not None and record.start_time is not None and record.end_time is not None
+    assert record.end_time >= record.start_time + MAX_RUNTIME  # failed past the maximum runtime
+    messages = _messages(e2e.instance, run.run_id)
+    assert any(f"maximum runtime of {MAX_RUNTIME} seconds" in m for m in messages), messages
+    assert not any(f"Run execution process for {run.run_id}" in m for m in messages)

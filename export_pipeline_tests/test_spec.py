@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from export_pipeline.engine import partition_stream
+from export_pipeline.extract.connection import SourceConfig
+from export_pipeline.partitions import Month
 from export_pipeline.spec import Compression, Format, SpecError, load_spec, parse_spec
 
 VALID = """
@@ -78,6 +81,8 @@ def test_repo_spec_is_valid() -> None:
             "is required",
         ),
         ("  table: public.customers\n", "  table: a.b.c\n", "customers.table", "'schema.table'"),
+        # manifest.json sits next to the dataset files, and exports_manifest is its asset
+        ("  events:\n", "  manifest:\n", "datasets.manifest", "the name 'manifest' is reserved"),
     ],
 )
 def test_invalid_spec_names_file_key_and_reason(
@@ -125,3 +130,33 @@ def test_export_history_is_an_opt_in_boolean() -> None:
     bad = VALID.replace("  key_column: id\n", "  key_column: id\n  export_history: yes-please\n", 1)
     with pytest.raises(SpecError, match=r"customers\.export_history: must be true or false"):
         parse_spec(bad, "exports.yaml")
+
+
+def test_parquet_row_groups_are_set_per_dataset() -> None:
+    spec = parse_spec(
+        "customers: {table: c, key_column: id}\nmonths: {start: '2025-01'}\n"
+        "datasets:\n  wide:\n    table: t\n    customer_column: c\n    time_column: at\n"
+        "    format: parquet\n    row_group_rows: 50000\n    row_group_bytes: 16777216\n"
+    )
+    wide = spec.datasets["wide"]
+    assert (wide.row_group_rows, wide.row_group_bytes) == (50_000, 16_777_216)
+    stream = partition_stream(SourceConfig("postgresql://x@127.0.0.1/x"), wide, "1", Month(2025, 3))
+    assert stream.tuning.parquet_row_group_rows == 50_000
+    assert stream.tuning.parquet_row_group_bytes == 16_777_216
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ("    format: csv\n    row_group_rows: 100\n", "only applies to `format: parquet`"),
+        ("    format: parquet\n    row_group_bytes: 0\n", "must be a positive whole number"),
+        ("    format: parquet\n    row_group_rows: many\n", "must be a positive whole number"),
+    ],
+)
+def test_row_group_settings_are_checked(lines: str, message: str) -> None:
+    text = (
+        "customers: {table: c, key_column: id}\nmonths: {start: '2025-01'}\n"
+        "datasets:\n  d:\n    table: t\n    customer_column: c\n    time_column: at\n" + lines
+    )
+    with pytest.raises(SpecError, match=message):
+        parse_spec(text, source="exports.yaml")

@@ -2,41 +2,35 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from export_pipeline.partitions import Month
-from export_pipeline.spec import Compression, Format
-from export_pipeline.storage.files import StoredFile
 from export_pipeline.storage.local import LocalObjectStore
 from export_pipeline.verify import (
+    PARQUET_TAIL_BYTES,
     footer_row_count,
+    parquet_footer_length,
     schema_diff,
     verify_not_empty_after_rows,
     verify_row_count,
     verify_schema_unchanged,
+    verify_size,
 )
 
 KEY = "exports/7/2025-03/events.parquet"
 
 
-def _stored(store: LocalObjectStore, rows: int, recorded_rows: int) -> StoredFile:
+def _parquet(store: LocalObjectStore, rows: int) -> bytes:
+    """A Parquet file of `rows` rows at KEY; its last PARQUET_TAIL_BYTES (what the check reads
+    in its one ranged GET, with the size)."""
     path = store.path(KEY)
     path.parent.mkdir(parents=True)
     pq.write_table(pa.table({"id": list(range(rows))}), path, row_group_size=100)
-    data = path.read_bytes()
-    return StoredFile(
-        store=store,
-        key=KEY,
-        uri=store.uri(KEY),
-        size_bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        row_count=recorded_rows,
-        format=Format.PARQUET,
-        compression=Compression.NONE,
-    )
+    found = store.read_tail(KEY, PARQUET_TAIL_BYTES)
+    assert found is not None and found[0] == path.stat().st_size
+    return found[1]
 
 
 def test_previous_month_crosses_the_year() -> None:
@@ -46,38 +40,68 @@ def test_previous_month_crosses_the_year() -> None:
 
 
 def test_row_count_from_the_footer_matches_the_record(local_store: LocalObjectStore) -> None:
-    stored = _stored(local_store, rows=1234, recorded_rows=1234)
-    assert footer_row_count(stored) == 1234
-    verdict = verify_row_count(stored)
+    tail = _parquet(local_store, rows=1234)
+    assert footer_row_count(tail) == 1234
+    verdict = verify_row_count(local_store.uri(KEY), 1234, tail)
     assert verdict.passed
-    assert verdict.metadata == {"checked": True, "recorded_rows": 1234, "footer_rows": 1234}
+    assert verdict.metadata == {"recorded_rows": 1234, "footer_rows": 1234}
+
+
+def test_a_footer_longer_than_the_first_read_is_read_whole(local_store: LocalObjectStore) -> None:
+    """The check reads the file's last bytes once; a footer that does not fit in them says how
+    long it is, and a second read of exactly that length holds it."""
+    _parquet(local_store, rows=1234)  # 13 row groups: a footer of a few KB
+    found = local_store.read_tail(KEY, 16)
+    assert found is not None
+    size, short = found
+    needed = parquet_footer_length(short)
+    assert len(short) == 16 < needed < size
+    with pytest.raises(pa.ArrowException):  # a cut footer
+        footer_row_count(short)
+    longer = local_store.read_tail(KEY, needed)
+    assert longer is not None and len(longer[1]) == needed
+    assert footer_row_count(longer[1]) == 1234
 
 
 def test_row_count_disagreeing_with_the_footer_fails(local_store: LocalObjectStore) -> None:
-    stored = _stored(local_store, rows=1234, recorded_rows=1235)
-    verdict = verify_row_count(stored)
+    tail = _parquet(local_store, rows=1234)
+    uri = local_store.uri(KEY)
+    verdict = verify_row_count(uri, 1235, tail)
     assert not verdict.passed
-    assert verdict.description.startswith(f"{stored.uri}: the Parquet footer says 1234 rows")
+    assert verdict.description.startswith(f"{uri}: the Parquet footer says 1234 rows")
     assert "recorded 1235" in verdict.description
+    assert verdict.metadata == {"recorded_rows": 1235, "footer_rows": 1234}
 
 
 def test_unreadable_footer_fails_with_the_uri(local_store: LocalObjectStore) -> None:
-    stored = _stored(local_store, rows=10, recorded_rows=10)
-    path = local_store.path(KEY)
-    path.write_bytes(b"\0" * stored.size_bytes)  # same size, not Parquet
-    verdict = verify_row_count(stored)
+    tail = _parquet(local_store, rows=10)
+    uri = local_store.uri(KEY)
+    verdict = verify_row_count(uri, 10, b"\0" * len(tail))  # same size, not Parquet
     assert not verdict.passed
-    assert verdict.description.startswith(f"{stored.uri}: the Parquet footer cannot be read")
+    assert verdict.description.startswith(f"{uri}: the Parquet footer cannot be read")
+    assert "no PAR1 at its end" in verdict.description
+    # A text file (what a CSV export is) cannot pass either: only Parquet carries a row
+    # count, so the check exists for Parquet datasets only (defs/checks.py).
+    assert not verify_row_count(uri, 1, b"id\n1\n").passed
 
 
-def test_text_formats_are_not_counted_and_say_so(local_store: LocalObjectStore) -> None:
-    stored = StoredFile(
-        local_store, "k", "/x/orders.jsonl", 10, "0" * 64, 5, Format.JSONL, Compression.NONE
+def test_size_against_the_record(local_store: LocalObjectStore) -> None:
+    tail = _parquet(local_store, rows=10)
+    uri, size = local_store.uri(KEY), local_store.size(KEY)
+    assert size is not None and size == len(tail)  # a small file: the tail is all of it
+    same = verify_size(uri, size, size)
+    assert same.passed and same.description == f"{uri}: {size} bytes, as recorded"
+    assert same.metadata == {"uri": uri, "recorded_bytes": size, "size_bytes": size}
+    other = verify_size(uri, size + 1, size)
+    assert not other.passed
+    assert other.description == (
+        f"{uri}: recorded {size + 1} bytes, found {size}; re-materialize the partition"
     )
-    verdict = verify_row_count(stored)  # reads nothing: the object does not even exist
-    assert verdict.passed
-    assert verdict.metadata["checked"] is False
-    assert "not verified for jsonl" in verdict.description
+    missing = verify_size(uri, size, local_store.size("exports/7/2025-03/gone.parquet"))
+    assert not missing.passed and missing.description == (
+        f"{uri}: missing; re-materialize the partition"
+    )
+    assert "size_bytes" not in missing.metadata
 
 
 def test_empty_month_after_rows_fails() -> None:

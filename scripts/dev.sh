@@ -2,26 +2,32 @@
 # Local development: install, start an embedded PostgreSQL with demo data, run the Dagster UI.
 # Usage: bash scripts/dev.sh [--rows N] [--customers N]    (flags apply to the first seed only)
 # Instance: deploy/dagster.yaml (Postgres storage), copied into .local/dagster_home by localdev.
-# Env: DAGSTER_DEV_HOST (127.0.0.1), DAGSTER_DEV_PORT (3000). Ctrl-C stops Dagster and PostgreSQL;
-# the data stays in .local/ (delete that folder to start from scratch).
+# While it runs, .env in the repo root holds the demo's variables, so `dagster dev`, `dg ...`
+# and `export-pipeline ...` typed in another shell in the repo root use the same instance.
+# Env: DAGSTER_DEV_HOST (127.0.0.1), DAGSTER_DEV_PORT (3000). Ctrl-C stops Dagster and
+# PostgreSQL within a few seconds and removes .env; the data stays in .local/ (delete that
+# folder to start from scratch).
 set -euo pipefail
-set -m # job control: dagster gets its own process group, so it can be stopped as a whole
+set -m # job control: dagster dev gets its own process group, so it can be stopped as a whole
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 
 dagster_pid=""
 cleanup() {
-  trap - INT TERM EXIT
+  trap '' INT TERM # a second Ctrl-C must not cut the cleanup short: it is bounded anyway
+  trap - EXIT
+  group=""
   if [ -n "$dagster_pid" ] && kill -0 -- "-$dagster_pid" 2>/dev/null; then
-    kill -TERM -- "-$dagster_pid" 2>/dev/null || true
-    for _ in $(seq 1 60); do
-      kill -0 -- "-$dagster_pid" 2>/dev/null || break
-      sleep 0.5
-    done
-    kill -KILL -- "-$dagster_pid" 2>/dev/null || true
+    # SIGINT, what Ctrl-C sends, to dagster dev, its webserver, daemon and code servers at once;
+    # `down --after-group` gives them 2 s, SIGKILLs what is left, then stops PostgreSQL.
+    kill -INT -- "-$dagster_pid" 2>/dev/null || true
+    group="$dagster_pid"
   fi
-  .venv/bin/python -m export_pipeline.localdev down || true
+  .venv/bin/python -m export_pipeline.localdev down ${group:+--after-group "$group"} || true
+  if [ -n "$group" ]; then
+    kill -KILL -- "-$group" 2>/dev/null || true # in case `down` could not run at all
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -35,6 +41,6 @@ host="${DAGSTER_DEV_HOST:-127.0.0.1}"
 port="${DAGSTER_DEV_PORT:-3000}"
 .venv/bin/dagster dev -w workspace.yaml -h "$host" -p "$port" &
 dagster_pid=$!
-echo "Dagster UI: http://$host:$port  (Ctrl-C stops it; env for another shell:" \
-  "eval \"\$(.venv/bin/python -m export_pipeline.localdev env)\")"
+echo "Dagster UI: http://$host:$port  (Ctrl-C stops it; in another shell in this folder," \
+  "dagster, dg and export-pipeline use the demo through .env)"
 wait "$dagster_pid"

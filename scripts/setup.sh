@@ -23,8 +23,11 @@ fi
 stamp=.venv/.export_pipeline_installed
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "pip==26.3"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+  # uv installs the same pinned set as pip would, in about 15 s instead of 40 s; pip only
+  # installs uv itself (one wheel from PyPI). --compile-bytecode, as pip does: where
+  # PYTHONDONTWRITEBYTECODE is set, nothing else would ever write the .pyc files.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "uv==0.13.8"
+  .venv/bin/uv pip install --quiet --compile-bytecode --python .venv/bin/python \
     -c constraints.txt -e ".[dev]"
   echo "$want" > "$stamp"
 fi

@@ -1,29 +1,30 @@
-"""What the commands share: exit codes, the CLI's error, the instance, partition checks."""
+"""What the commands share without Dagster: exit codes, the CLI's error, argument checks.
+
+Nothing here imports Dagster (or the code location's modules), so `run` can check its
+arguments and start its child process before this process pays for that import;
+`context.py` holds what needs the instance or the spec.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import dagster as dg
-
 from export_pipeline.partitions import (
-    CUSTOMERS_PARTITIONS_NAME,
     Month,
     PartitionKeyError,
     month_of,
+    partition_key,
     validate_customer_key,
 )
-from export_pipeline.settings import spec_path
-from export_pipeline.spec import ExportSpec, load_spec
+from export_pipeline.spec import ExportSpec
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the export or the command failed
 EXIT_USAGE = 2  # bad arguments (argparse uses 2 as well)
 EXIT_NOT_FOUND = 3  # no such customer, partition, dataset, export or request
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM
 
 
 class CliError(Exception):
@@ -34,26 +35,15 @@ class CliError(Exception):
         self.code = code
 
 
-@contextmanager
-def open_instance() -> Iterator[dg.DagsterInstance]:
-    """The instance of $DAGSTER_HOME, the one the UI and the daemon use."""
-    if not os.environ.get("DAGSTER_HOME", "").strip():
+def require_dagster_home() -> str:
+    """$DAGSTER_HOME, the instance folder the UI and the daemon use; it must be set."""
+    home = os.environ.get("DAGSTER_HOME", "").strip()
+    if not home:
         raise CliError(
             "DAGSTER_HOME is not set: point it at the Dagster instance folder "
             "(the one with dagster.yaml), as for `dagster dev`"
         )
-    try:
-        instance = dg.DagsterInstance.get()
-    except dg.DagsterError as exc:
-        raise CliError(
-            f"cannot open the Dagster instance of $DAGSTER_HOME: {first_line(str(exc))}"
-        ) from exc
-    with instance:
-        yield instance
-
-
-def read_spec() -> ExportSpec:
-    return load_spec(spec_path())
+    return home
 
 
 def parse_month(text: str) -> Month:
@@ -74,38 +64,8 @@ def last_complete_month(now: datetime | None = None) -> Month:
     return month_of((now or datetime.now(UTC)).date()).previous()
 
 
-@dataclass(frozen=True)
-class Target:
-    """One customer-month of some datasets, checked to be a partition of the assets."""
-
-    customer: str
-    month: Month
-    datasets: list[str]
-    manifest: bool = False  # also write the delivery manifest (docs/manifest.md)
-
-    @property
-    def partition_key(self) -> str:
-        """Dagster's multi-partition key: dimensions sorted by name, customer before month."""
-        return f"{self.customer}|{self.month.start.isoformat()}"
-
-
-def known_customers(instance: dg.DagsterInstance) -> list[str]:
-    return list(instance.get_dynamic_partitions(CUSTOMERS_PARTITIONS_NAME))
-
-
-def check_customer(instance: dg.DagsterInstance, customer: str) -> str:
-    customer = parse_customer(customer)
-    if not instance.has_dynamic_partition(CUSTOMERS_PARTITIONS_NAME, customer):
-        raise CliError(
-            f"customer {customer!r} is not a '{CUSTOMERS_PARTITIONS_NAME}' partition: "
-            "customers_sensor adds the source's customers (or run `export-pipeline seed-demo` "
-            "for the demo)",
-            EXIT_NOT_FOUND,
-        )
-    return customer
-
-
 def check_month(spec: ExportSpec, month: Month) -> Month:
+    """`month` must be a partition: from the spec's months.start to the last complete month."""
     first, last = month_of(spec.months_start), last_complete_month()
     if not first <= month <= last:
         raise CliError(
@@ -117,6 +77,7 @@ def check_month(spec: ExportSpec, month: Month) -> Month:
 
 
 def check_datasets(spec: ExportSpec, names: list[str] | None) -> list[str]:
+    """The datasets named (in order, once each), every dataset of the spec when none is."""
     if not names:
         return list(spec.datasets)
     unknown = [n for n in dict.fromkeys(names) if n not in spec.datasets]
@@ -129,11 +90,23 @@ def check_datasets(spec: ExportSpec, names: list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def asset_key(dataset: str) -> dg.AssetKey:
-    return dg.AssetKey(["exports", dataset])
+@dataclass(frozen=True)
+class Target:
+    """One customer-month of some datasets, checked to be a partition of the assets."""
+
+    customer: str
+    month: Month
+    datasets: list[str]
+    manifest: bool = False  # also write the delivery manifest (docs/manifest.md)
+
+    @property
+    def partition_key(self) -> str:
+        """Dagster's multi-partition key: dimensions sorted by name, customer before month."""
+        return partition_key(self.customer, self.month)
 
 
 def first_line(text: str | None) -> str:
+    """The first line of `text` that is not blank, stripped ("" if none)."""
     for line in (text or "").splitlines():
         if line.strip():
             return line.strip()

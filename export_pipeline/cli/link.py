@@ -2,8 +2,8 @@
 finished export, signed now, without exporting again.
 
 The latest materialization of the partition says which file was delivered; the export IO
-manager configured by the EXPORT_* variables (as the code location builds it) checks the object
-is still there at the recorded size and presigns a GET (`io_managers/links.sign_download_link`).
+storage configured by the EXPORT_* variables (as the code location builds it) checks the object
+is still there at the recorded size and presigns a GET (`resources/links.delivered_file`).
 Local storage has no links: the file's path is printed instead (exit 0), with a note on stderr.
 """
 
@@ -14,7 +14,6 @@ import os
 import sys
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import dagster as dg
 
@@ -24,19 +23,16 @@ from export_pipeline.cli.common import (
     EXIT_USAGE,
     CliError,
     Target,
-    asset_key,
-    check_customer,
     check_datasets,
     check_month,
-    open_instance,
     parse_month,
-    read_spec,
 )
+from export_pipeline.cli.context import check_customer, open_instance, read_spec
 from export_pipeline.cli.output import print_json
-from export_pipeline.io_managers.exports import EXPORTS_IO_MANAGER_KEY, LocalExportIOManager
-from export_pipeline.io_managers.links import configured_io_manager
-from export_pipeline.io_managers.metadata import latest_metadata
-from export_pipeline.settings import exports_io_manager
+from export_pipeline.io_managers.metadata import export_asset_key, latest_metadata, recorded_file
+from export_pipeline.resources.links import configured_storage
+from export_pipeline.resources.storage import EXPORT_STORAGE_KEY, LocalExportStorageResource
+from export_pipeline.settings import export_storage
 from export_pipeline.storage.s3 import MAX_LINK_TTL_SECONDS
 
 
@@ -47,31 +43,6 @@ class FreshLink:
     uri: str
     url: str | None
     expires_at: datetime | None
-
-
-def add_parser(commands: Any) -> None:
-    parser = commands.add_parser(
-        "link",
-        help="sign a fresh download link for a finished export",
-        description="Sign a fresh presigned GET link for the latest delivered file of a "
-        "customer-month dataset, without exporting again. With local storage, print the "
-        "file's path instead.",
-        epilog="examples:\n"
-        "  export-pipeline link 3 2025-03 orders\n"
-        '  curl -fo orders.jsonl "$(export-pipeline link 3 2025-03 orders --ttl 600)"',
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("customer")
-    parser.add_argument("month", help="YYYY-MM")
-    parser.add_argument("dataset")
-    parser.add_argument(
-        "--ttl",
-        type=int,
-        metavar="SECONDS",
-        help=f"lifetime, 1..{MAX_LINK_TTL_SECONDS} (default: EXPORT_LINK_TTL_SECONDS, else 7 days)",
-    )
-    parser.add_argument("--json", action="store_true", help="print uri, url and expiry as JSON")
-    parser.set_defaults(handler=command)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -108,7 +79,7 @@ def fresh_link(
     instance: dg.DagsterInstance, target: Target, dataset: str, ttl_seconds: int | None
 ) -> FreshLink:
     """Sign a link for the partition's latest delivered file of `dataset`."""
-    key, partition = asset_key(dataset), target.partition_key
+    key, partition = export_asset_key(dataset), target.partition_key
     recorded = latest_metadata(instance, key, partition)
     if recorded is None:
         raise CliError(
@@ -116,11 +87,10 @@ def fresh_link(
             f"run `export-pipeline run {target.customer} {target.month} --dataset {dataset}`",
             EXIT_NOT_FOUND,
         )
-    manager_def = exports_io_manager(os.environ)
-    with configured_io_manager({EXPORTS_IO_MANAGER_KEY: manager_def}) as manager:
+    with configured_storage({EXPORT_STORAGE_KEY: export_storage(os.environ)}) as storage:
         # the handle `load_input` gives: checked to still be there at its recorded size
-        stored = manager.files().handle(dataset, target.customer, target.month, recorded)
-        if isinstance(manager, LocalExportIOManager):  # no links: the checked file's path
+        stored = recorded_file(storage.store(), dataset, target.customer, target.month, recorded)
+        if isinstance(storage, LocalExportStorageResource):  # no links: the file's path
             return FreshLink(stored.uri, None, None)
         link = stored.presign(ttl_seconds)
     return FreshLink(stored.uri, link.url, link.expires_at)

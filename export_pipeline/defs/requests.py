@@ -18,15 +18,15 @@ from export_pipeline.defs.jobs import exports_job
 from export_pipeline.defs.partitions import build_export_partitions_def
 from export_pipeline.defs.runs import failure_message, run_uris
 from export_pipeline.errors import ExportError
+from export_pipeline.io_managers.metadata import export_asset_key
 from export_pipeline.partitions import (
-    CUSTOMER_DIMENSION,
     CUSTOMERS_PARTITIONS_NAME,
     MONTH_DIMENSION,
     Month,
+    partition_key,
 )
 from export_pipeline.resources.state import ExportStateResource
-from export_pipeline.settings import spec_path
-from export_pipeline.spec import ExportSpec, load_spec
+from export_pipeline.spec import ExportSpec
 from export_pipeline.state.requests import (
     ExportRequest,
     check_request,
@@ -43,34 +43,39 @@ REQUESTER_TAG = "export/requester"
 MAX_REQUESTS_PER_TICK = 100
 
 
-@dg.sensor(
-    job=exports_job,
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Starts one export run per pending row of the export_requests table.",
-)
-def export_requests_sensor(
-    context: dg.SensorEvaluationContext, state: ExportStateResource
-) -> dg.SensorResult:
-    dsn = state.require_dsn()
-    last_id = read_cursor(context.cursor)
-    spec = load_spec(spec_path())
-    customers = set(context.instance.get_dynamic_partitions(CUSTOMERS_PARTITIONS_NAME))
-    lost = queued_after(dsn, last_id, MAX_REQUESTS_PER_TICK) if last_id is not None else []
-    queued, failed = claim_pending(
-        dsn, lambda r: rejection_reason(r, spec, customers), MAX_REQUESTS_PER_TICK
+def build_export_requests_sensor(spec: ExportSpec) -> dg.SensorDefinition:
+    """The sensor for `spec` (read once, when the code location loads, with the assets)."""
+
+    @dg.sensor(
+        name="export_requests_sensor",
+        job=exports_job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Starts one export run per pending row of the export_requests table.",
     )
-    for request in failed:
-        context.log.warning(f"export request {request.id} rejected: {request.error}")
-    if lost:
-        context.log.warning(f"asking again for the runs of requests {[r.id for r in lost]}")
-    handled = [r.id for r in [*lost, *queued, *failed]]
-    cursor = json.dumps({"last_id": max([last_id or 0, *handled])})
-    if not lost and not queued:
-        return dg.SensorResult(skip_reason="no pending export requests", cursor=cursor)
-    return dg.SensorResult(
-        run_requests=[run_request(r, spec) for r in [*lost, *queued]], cursor=cursor
-    )
+    def export_requests_sensor(
+        context: dg.SensorEvaluationContext, state: ExportStateResource
+    ) -> dg.SensorResult:
+        dsn = state.require_dsn()
+        last_id = read_cursor(context.cursor)
+        customers = set(context.instance.get_dynamic_partitions(CUSTOMERS_PARTITIONS_NAME))
+        lost = queued_after(dsn, last_id, MAX_REQUESTS_PER_TICK) if last_id is not None else []
+        queued, failed = claim_pending(
+            dsn, lambda r: rejection_reason(r, spec, customers), MAX_REQUESTS_PER_TICK
+        )
+        for request in failed:
+            context.log.warning(f"export request {request.id} rejected: {request.error}")
+        if lost:
+            context.log.warning(f"asking again for the runs of requests {[r.id for r in lost]}")
+        handled = [r.id for r in [*lost, *queued, *failed]]
+        cursor = json.dumps({"last_id": max([last_id or 0, *handled])})
+        if not lost and not queued:
+            return dg.SensorResult(skip_reason="no pending export requests", cursor=cursor)
+        return dg.SensorResult(
+            run_requests=[run_request(r, spec) for r in [*lost, *queued]], cursor=cursor
+        )
+
+    return export_requests_sensor
 
 
 def read_cursor(cursor: str | None) -> int | None:
@@ -111,17 +116,11 @@ def rejection_reason(request: ExportRequest, spec: ExportSpec, customers: set[st
 
 
 def run_request(request: ExportRequest, spec: ExportSpec) -> dg.RunRequest:
-    key = dg.MultiPartitionKey(
-        {
-            CUSTOMER_DIMENSION: request.customer,
-            MONTH_DIMENSION: Month.parse(request.month).start.isoformat(),
-        }
-    )
     datasets = request.datasets or list(spec.datasets)
     return dg.RunRequest(
         run_key=run_key_for(request.id),
-        partition_key=str(key),
-        asset_selection=[dg.AssetKey(["exports", d]) for d in datasets],
+        partition_key=partition_key(request.customer, Month.parse(request.month)),
+        asset_selection=[export_asset_key(d) for d in datasets],
         tags={REQUEST_ID_TAG: str(request.id), REQUESTER_TAG: request.requester[:200]},
     )
 

@@ -1,8 +1,8 @@
 """customers_sensor: keeps the `customers` partitions in step with the source database.
 
 - New customers become partitions. With `customers.export_history: true` in the spec, the
-  same tick also asks for their history: one `monthly_exports_job` run per month since
-  `months.start`, for the new customers only.
+  same tick also asks for their history: ranged runs of `exports_job` covering the new
+  customers x every month since `months.start` (a few runs, not one per month or customer).
 - A customer that disappears from the source keeps its partition, its files and its
   materializations: the sensor logs a warning naming it and counts it in the cursor. Deleting
   a partition hides its history in the UI and cannot be undone from here, so it is left to a
@@ -20,8 +20,10 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from export_pipeline.defs.monthly import MONTHLY_JOB_NAME
+from export_pipeline.defs.jobs import exports_job
 from export_pipeline.defs.partitions import customers_partitions_def
+from export_pipeline.defs.run_requests import ranged_run_requests
+from export_pipeline.defs.schedules import TRIGGER_TAG
 from export_pipeline.engine import list_customers
 from export_pipeline.partitions import (
     CUSTOMERS_PARTITIONS_NAME,
@@ -33,66 +35,66 @@ from export_pipeline.partitions import (
     validate_customer_key,
 )
 from export_pipeline.resources.source import PostgresSourceResource
-from export_pipeline.settings import spec_path
-from export_pipeline.spec import ExportSpec, load_spec
+from export_pipeline.spec import ExportSpec
 
 
-@dg.sensor(
-    job_name=MONTHLY_JOB_NAME,
-    minimum_interval_seconds=300,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Adds every customer in the source database as a `customers` partition "
-    "(and, with customers.export_history, exports their past months).",
-)
-def customers_sensor(
-    context: dg.SensorEvaluationContext, source: PostgresSourceResource
-) -> dg.SensorResult:
-    spec = load_spec(spec_path())
-    customers = list_customers(source.source_config(), spec.customers)
-    valid, rejected = split_customer_keys(customers)
-    for key, reason in rejected:
-        context.log.warning(f"customer key {key!r} not added as a partition: {reason}")
-    digest = _digest(valid)
-    if _read_cursor(context.cursor).get("digest") == digest:
-        return dg.SensorResult(skip_reason="customer list unchanged", cursor=context.cursor)
-    known = set(context.instance.get_dynamic_partitions(CUSTOMERS_PARTITIONS_NAME))
-    new = [key for key in valid if key not in known]
-    gone = sorted(known - set(valid))
-    if gone:
-        context.log.warning(
-            f"{len(gone)} customer partition(s) no longer in the source, kept with their files "
-            f"and history: {', '.join(gone[:20])}{' ...' if len(gone) > 20 else ''}"
-        )
-    cursor = json.dumps({"customers": len(valid), "digest": digest, "gone": len(gone)})
-    if not new:
-        return dg.SensorResult(skip_reason="no new customers", cursor=cursor)
-    context.log.info(f"adding {len(new)} customer partition(s)")
-    today = datetime.now(UTC).date()
-    return dg.SensorResult(
-        dynamic_partitions_requests=[customers_partitions_def.build_add_request(new)],
-        run_requests=history_requests(spec, new, previous_month(today)),
-        cursor=cursor,
+def build_customers_sensor(spec: ExportSpec) -> dg.SensorDefinition:
+    """The sensor for `spec` (read once, when the code location loads, with the assets)."""
+
+    @dg.sensor(
+        name="customers_sensor",
+        job=exports_job,
+        minimum_interval_seconds=300,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Adds every customer in the source database as a `customers` partition "
+        "(and, with customers.export_history, exports their past months).",
     )
+    def customers_sensor(
+        context: dg.SensorEvaluationContext, source: PostgresSourceResource
+    ) -> dg.SensorResult:
+        customers = list_customers(source.source_config(), spec.customers)
+        valid, rejected = split_customer_keys(customers)
+        for key, reason in rejected:
+            context.log.warning(f"customer key {key!r} not added as a partition: {reason}")
+        digest = _digest(valid)
+        if _read_cursor(context.cursor).get("digest") == digest:
+            return dg.SensorResult(skip_reason="customer list unchanged", cursor=context.cursor)
+        known = set(context.instance.get_dynamic_partitions(CUSTOMERS_PARTITIONS_NAME))
+        new = [key for key in valid if key not in known]
+        gone = sorted(known - set(valid))
+        if gone:
+            context.log.warning(
+                f"{len(gone)} customer partition(s) no longer in the source, kept with their "
+                f"files and history: {', '.join(gone[:20])}{' ...' if len(gone) > 20 else ''}"
+            )
+        cursor = json.dumps({"customers": len(valid), "digest": digest, "gone": len(gone)})
+        if not new:
+            return dg.SensorResult(skip_reason="no new customers", cursor=cursor)
+        context.log.info(f"adding {len(new)} customer partition(s)")
+        today = datetime.now(UTC).date()
+        return dg.SensorResult(
+            dynamic_partitions_requests=[customers_partitions_def.build_add_request(new)],
+            run_requests=history_requests(spec, new, previous_month(today)),
+            cursor=cursor,
+        )
+
+    return customers_sensor
 
 
 def history_requests(spec: ExportSpec, new: list[str], last: Month) -> list[dg.RunRequest]:
-    """With export_history: one monthly run per month up to `last`, for the new customers.
+    """With export_history: ranged runs covering the new customers (added together, so
+    contiguous in partition order) x every month up to `last`.
 
-    The run key names the month and the set of customers, so a re-evaluated tick asks for
-    nothing twice.
+    The run keys name the set of customers, so a re-evaluated tick asks for nothing twice.
     """
     if not spec.customers.export_history:
         return []
-    who = _digest(new)
-    return [
-        dg.RunRequest(
-            run_key=f"history-{month}-{who}",
-            partition_key=month.start.isoformat(),
-            run_config={"ops": {"export_month": {"config": {"customers": new}}}},
-            tags={"export/trigger": "new-customers"},
-        )
-        for month in months_between(month_of(spec.months_start), last)
-    ]
+    months = months_between(month_of(spec.months_start), last)
+    if not months:
+        return []
+    return ranged_run_requests(
+        new, months, f"history-{_digest(new)}", {TRIGGER_TAG: "new-customers"}
+    )
 
 
 def new_customer_keys(

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from datetime import UTC, datetime
 
 import adbc_driver_manager
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
-from psycopg import sql
 
-from export_pipeline.errors import first_line
+from export_pipeline.errors import driver_message
 from export_pipeline.extract.connection import (
     SESSION_SETTINGS,
     SourceConfig,
@@ -37,18 +37,14 @@ from export_pipeline.extract.query import QueryError
 DEFAULT_BATCH_SIZE_HINT_BYTES = 2 * 1024 * 1024
 
 
-@contextmanager
-def arrow_connection(
-    config: SourceConfig, snapshot: str | None = None
-) -> Iterator[adbc.Connection]:
-    """An ADBC connection in a verified read-only UTC session; closed on exit.
+def open_arrow_connection(config: SourceConfig) -> adbc.Connection:
+    """An ADBC connection in a verified read-only UTC session; the caller closes it.
 
-    With `snapshot` (an id from `pg_export_snapshot()` in a still open transaction) the
-    connection's transaction is REPEATABLE READ on that snapshot: it sees exactly what the
-    exporting transaction sees.
+    DB-API: autocommit is off, so a transaction is always open; after `rollback()` the next
+    statement is the first of a new one (where an export sets its isolation level).
     """
     try:
-        conn = adbc.connect(config.conninfo())  # DB-API: autocommit off, a transaction is open
+        conn = adbc.connect(config.conninfo())
     except adbc_driver_manager.Error as exc:
         # Not chained: the driver's text may echo the connection string.
         raise SourceConnectionError(
@@ -57,29 +53,45 @@ def arrow_connection(
         ) from None
     try:
         with closing(conn.cursor()) as cur:
-            if snapshot is not None:
-                _import_snapshot(cur, snapshot)
             cur.execute(SESSION_SETTINGS)
             shown = cur.fetchone()
         assert shown is not None
         check_session_settings(shown, "ADBC")
+        conn.rollback()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextmanager
+def arrow_connection(config: SourceConfig) -> Iterator[adbc.Connection]:
+    """`open_arrow_connection`, closed on exit."""
+    conn = open_arrow_connection(config)
+    try:
         yield conn
     finally:
         conn.close()
 
 
-def _import_snapshot(cur: adbc.Cursor, snapshot: str) -> None:
-    statement = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot))
+def begin_arrow_snapshot(conn: adbc.Connection) -> datetime:
+    """Make `conn`'s new transaction (after a `rollback()`) REPEATABLE READ and return the
+    server's clock when it began (`now()`), whose statement takes the snapshot the rows are
+    then read in: every transaction committed before that instant is in the file."""
     try:
-        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        cur.execute(statement.as_string())
+        with closing(conn.cursor()) as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            cur.execute("SELECT now()")
+            row = cur.fetchone()
     except (OSError, adbc_driver_manager.Error) as exc:
-        # Transient: the snapshot is gone when its exporting session ended early (a dropped
-        # connection); a retry exports a new one.
+        # Transient: a dropped connection (its backend ended since the last export) is found
+        # here, at the export's first round trip; the retry opens a new one.
         raise SourceConnectionError(
-            f"the ADBC session could not take the export's snapshot: {first_line(str(exc))}",
+            f"the ADBC session could not take the export's snapshot: {driver_message(str(exc))}",
             transient=True,
         ) from exc
+    assert row is not None
+    return row[0].astimezone(UTC)
 
 
 def batch_cursor(
@@ -105,7 +117,7 @@ def query_batches(
         reader = cur.fetch_record_batch()
     except (OSError, adbc_driver_manager.Error) as exc:
         raise QueryError(
-            f"dataset {dataset!r}: export query failed: {first_line(str(exc))}"
+            f"dataset {dataset!r}: export query failed: {driver_message(str(exc))}"
         ) from exc
     yield reader.schema
     yield from read_batches(reader, dataset)
@@ -120,6 +132,6 @@ def read_batches(reader: pa.RecordBatchReader, dataset: str) -> Iterator[pa.Reco
             return
         except (OSError, adbc_driver_manager.Error) as exc:
             raise QueryError(
-                f"dataset {dataset!r}: export query failed: {first_line(str(exc))}"
+                f"dataset {dataset!r}: export query failed: {driver_message(str(exc))}"
             ) from exc
         yield batch

@@ -7,9 +7,8 @@ before the first query. A connection pooler (PgBouncer) or proxy may drop `optio
 month windows would silently shift. So every new session is checked in one round trip
 (`SESSION_SETTINGS`) and refused, permanently, if a setting that shapes the file did not take.
 
-An export's reads share one snapshot: `connect` opens REPEATABLE READ transactions, so the
-replica check, the description of the query and the COPY all see the same data, and the
-Parquet reader imports that snapshot (`export_snapshot`, extract/arrow.py).
+An export's rows are read in one REPEATABLE READ transaction, opened after the replica check
+(engine.py): text formats on the psycopg connection, Parquet on the ADBC one.
 """
 
 from __future__ import annotations
@@ -185,11 +184,11 @@ def redact_password(message: str, dsn: str) -> str:
     return message
 
 
-@contextmanager
-def connect(config: SourceConfig) -> Iterator[psycopg.Connection]:
-    """A psycopg connection in a read-only UTC session whose settings were verified; closed
-    on exit. Its transactions are REPEATABLE READ: every statement sees the first one's
-    snapshot until the transaction ends."""
+def open_connection(config: SourceConfig) -> psycopg.Connection:
+    """A psycopg connection in a read-only UTC session whose settings were verified, in
+    autocommit mode: a statement on its own is its own transaction; an export opens a
+    REPEATABLE READ transaction explicitly (`engine.begin_snapshot`), so that BEGIN and the
+    statement that takes the snapshot cost one round trip. The caller closes it."""
     try:
         conn = psycopg.connect(config.conninfo(), autocommit=True)
     except psycopg.OperationalError as exc:
@@ -201,19 +200,20 @@ def connect(config: SourceConfig) -> Iterator[psycopg.Connection]:
         shown = conn.execute(SESSION_SETTINGS).fetchone()  # outside any transaction
         assert shown is not None
         check_session_settings(shown, "psycopg")
-        conn.autocommit = False
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextmanager
+def connect(config: SourceConfig) -> Iterator[psycopg.Connection]:
+    """`open_connection`, closed on exit."""
+    conn = open_connection(config)
+    try:
         yield conn
     finally:
         conn.close()
-
-
-def export_snapshot(conn: psycopg.Connection) -> str:
-    """The id of `conn`'s transaction snapshot, for another session to import
-    (`SET TRANSACTION SNAPSHOT`) while `conn`'s transaction stays open."""
-    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
-    assert row is not None
-    return str(row[0])
 
 
 def _scrub(message: str, dsn: str) -> str:

@@ -112,18 +112,33 @@ class ContractedQuery:
     numeric_as_text: dict[str, str]
 
 
-def contract_query(
+@dataclass(frozen=True)
+class ContractPlan:
+    """The contract's rewrite of a query shape: a SELECT list over the query (None: nothing to
+    rewrite). It depends on the columns' types only, not on the partition, so a session plans
+    it once per dataset and applies it to every partition's query (`apply`)."""
+
+    select_list: str | None
+    numeric_as_text: dict[str, str]
+
+    def apply(self, query_text: str) -> ContractedQuery:
+        if self.select_list is None:
+            return ContractedQuery(query_text, {})
+        rewritten = sql.SQL("SELECT {} FROM ({}) AS _export_contract").format(
+            sql.SQL(self.select_list), sql.SQL(query_text)
+        )
+        return ContractedQuery(rewritten.as_string(None), self.numeric_as_text)
+
+
+def plan_contract(
     conn: psycopg.Connection,
-    query_text: str,
     columns: list[Column],
     fmt: Format,
     name: str,
     options: ContractOptions | None = None,
-) -> ContractedQuery:
-    """`query_text` with the contract's per-column rewrites for `fmt`; unchanged if none apply.
-
-    `columns` is what `describe` returned for `query_text`; `name` names the dataset in errors.
-    """
+) -> ContractPlan:
+    """The contract's per-column rewrites for `fmt` of a query returning `columns` (what
+    `describe` said); `name` names the dataset in errors. One catalog query (the types)."""
     options = options or ContractOptions()
     types = column_types(conn, columns)
     exprs: list[sql.Composable] = []
@@ -140,11 +155,23 @@ def contract_query(
         changed = changed or expr is not ref
         exprs.append(sql.SQL("{} AS {}").format(expr, sql.Identifier(column.name)))
     if not changed:
-        return ContractedQuery(query_text, {})
-    rewritten = sql.SQL("SELECT {} FROM ({}) AS _export_contract").format(
-        sql.SQL(", ").join(exprs), sql.SQL(query_text)
-    )
-    return ContractedQuery(rewritten.as_string(conn), numeric_as_text)
+        return ContractPlan(None, {})
+    return ContractPlan(sql.SQL(", ").join(exprs).as_string(conn), numeric_as_text)
+
+
+def contract_query(
+    conn: psycopg.Connection,
+    query_text: str,
+    columns: list[Column],
+    fmt: Format,
+    name: str,
+    options: ContractOptions | None = None,
+) -> ContractedQuery:
+    """`query_text` with the contract's per-column rewrites for `fmt`; unchanged if none apply.
+
+    `columns` is what `describe` returned for `query_text`; `name` names the dataset in errors.
+    """
+    return plan_contract(conn, columns, fmt, name, options).apply(query_text)
 
 
 def _numeric_as_text(

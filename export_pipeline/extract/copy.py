@@ -32,6 +32,7 @@ def copy_chunks(
     chunk: once per chunk, counted by `enumerate` in C, so nothing is added per row in Python.
     """
     buffer = bytearray()
+    messages = 0
     with cur.copy(statement) as copy:
         for messages, data in enumerate(copy, 1):
             if len(data) >= chunk_size:
@@ -49,3 +50,5 @@ def copy_chunks(
                 on_chunk(messages)
     if buffer:
         yield bytes(buffer)
+    if on_chunk is not None:
+        on_chunk(messages)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import ClientCursor, sql
 
-from export_pipeline.errors import ExportError, first_line
+from export_pipeline.errors import ExportError, driver_message
 from export_pipeline.partitions import Month
 from export_pipeline.spec import CustomersSpec, DatasetSpec, Relation
 
@@ -142,4 +142,4 @@ def pg_message(exc: psycopg.Error) -> str:
     """PostgreSQL's primary error message, without the query or context lines."""
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None)
-    return primary or first_line(str(exc))
+    return primary or driver_message(str(exc))

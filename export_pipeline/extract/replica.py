@@ -4,7 +4,8 @@ On a primary (`pg_is_in_recovery()` false) nothing is checked. On a replica, a m
 exported once the last replayed transaction committed at or after the month's end, or once the
 replica has replayed all the WAL it received (an idle primary sends nothing newer, so the
 replay timestamp can stay old while the replica is up to date). Otherwise the export fails as
-transient, so the RetryPolicy tries again later. Cost: one one-row query per export.
+transient, so the RetryPolicy tries again later. Cost: one one-row query per export on a
+replica; on a primary, one per connection (a primary stays one while the connection lives).
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ def lag_problem(
     )
 
 
-def check_replica_caught_up(conn: psycopg.Connection, month_end: datetime, dataset: str) -> None:
+def check_replica_caught_up(conn: psycopg.Connection, month_end: datetime, dataset: str) -> bool:
+    """Raise `ReplicaLagError` if the month cannot be exported from this server yet; return
+    whether the server is a replica (in recovery)."""
     row = conn.execute(REPLICA_STATE).fetchone()
     assert row is not None
     problem = lag_problem(bool(row[0]), row[1], bool(row[2]), month_end)
     if problem:
         raise ReplicaLagError(f"dataset {dataset!r}: {problem}", transient=True)
+    return bool(row[0])

@@ -9,7 +9,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from export_pipeline.storage.keys import StorageConfigError
-from export_pipeline.storage.s3 import client_config
+from export_pipeline.storage.s3 import make_s3_client
 
 
 class ExportS3Resource(S3Resource):
@@ -24,6 +24,11 @@ class ExportS3Resource(S3Resource):
     max_pool_connections: int = Field(
         default=10,
         description="HTTP connections kept per client (at least 2x the parts uploaded at once).",
+    )
+    read_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds to wait for an answer before botocore retries the request.",
     )
 
     def session(self) -> boto3.session.Session:
@@ -51,15 +56,13 @@ class ExportS3Resource(S3Resource):
                 "use_unsigned_session cannot be used for exports: uploads and download links "
                 "must be signed"
             )
-        return (session or self.session()).client(
-            "s3",
-            endpoint_url=self.endpoint_url or None,
-            region_name=self.region_name or None,
+        return make_s3_client(
+            session or self.session(),
+            endpoint_url=self.endpoint_url,
+            region_name=self.region_name,
+            max_pool_connections=max(self.max_pool_connections, min_pool_connections),
+            max_attempts=self.max_attempts,
+            read_timeout_seconds=self.read_timeout_seconds,
             use_ssl=self.use_ssl,
             verify=self.verify,
-            config=client_config(
-                self.endpoint_url,
-                max(self.max_pool_connections, min_pool_connections),
-                self.max_attempts,
-            ),
         )

@@ -6,19 +6,22 @@ from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from export_pipeline.engine import EngineTuning
 from export_pipeline.extract.arrow import DEFAULT_BATCH_SIZE_HINT_BYTES
 from export_pipeline.extract.connection import SourceConfig, redact_dsn
-from export_pipeline.formats.parquet import DEFAULT_ROW_GROUP_BYTES, DEFAULT_ROW_GROUP_ROWS
+from export_pipeline.extract.session import DEFAULT_LOCK_WAIT_SECONDS, SourceSession
 
 
 class PostgresSourceResource(dg.ConfigurableResource):
     """Read-only access to the PostgreSQL database the exports come from.
 
-    Point `dsn` at a read replica in production. Sessions are read-only, in UTC, with a
-    statement timeout.
+    Point `dsn` at a read replica in production (one server: the exports' snapshots and
+    partition locks live on it). Sessions are read-only, in UTC, with a statement timeout.
+    A run's exports share one `SourceSession` (`session()`): its connections are opened on
+    first use and closed when the run's resources are torn down, which also releases the
+    run's partition locks.
     """
 
     dsn: str = Field(
@@ -38,20 +41,24 @@ class PostgresSourceResource(dg.ConfigurableResource):
         description="Arrow batch size asked of the ADBC driver. Memory grows with it (about "
         "three batches per running export).",
     )
-    parquet_row_group_rows: int = Field(
-        default=DEFAULT_ROW_GROUP_ROWS,
+    lock_wait_seconds: float = Field(
+        default=DEFAULT_LOCK_WAIT_SECONDS,
         gt=0,
-        description="A Parquet row group closes at this many rows (or at "
-        "`parquet_row_group_bytes`, whichever comes first). About 128k rows is what DuckDB, "
-        "Spark and Athena scan well; memory grows with it (one row group of Arrow data per "
-        "running export).",
+        description="How long a run waits for customer-months that another run is writing "
+        "before it fails, transient (and is retried).",
     )
-    parquet_row_group_bytes: int = Field(
-        default=DEFAULT_ROW_GROUP_BYTES,
-        gt=0,
-        description="A Parquet row group closes once this much Arrow data is pending, even "
-        "before `parquet_row_group_rows`: bounds the memory of wide rows.",
-    )
+    _session: SourceSession | None = PrivateAttr(default=None)
+
+    def session(self) -> SourceSession:
+        """This run's source session (made on first use; closed at teardown)."""
+        if self._session is None:
+            self._session = SourceSession(self.source_config(), self.lock_wait_seconds)
+        return self._session
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """The DSN may hold a password: keep it out of reprs and logs."""
@@ -59,11 +66,7 @@ class PostgresSourceResource(dg.ConfigurableResource):
             yield name, (redact_dsn(value) if name == "dsn" and isinstance(value, str) else value)
 
     def engine_tuning(self) -> EngineTuning:
-        return EngineTuning(
-            batch_size_hint_bytes=self.batch_size_hint_bytes,
-            parquet_row_group_rows=self.parquet_row_group_rows,
-            parquet_row_group_bytes=self.parquet_row_group_bytes,
-        )
+        return EngineTuning(batch_size_hint_bytes=self.batch_size_hint_bytes)
 
     def source_config(self) -> SourceConfig:
         return SourceConfig(

@@ -45,7 +45,7 @@ SCHEMA = (
     """
     CREATE TABLE IF NOT EXISTS export_failures (
         id            bigserial PRIMARY KEY,
-        run_id        text NOT NULL UNIQUE,
+        run_id        text NOT NULL,
         job_name      text NOT NULL,
         partition_key text,
         customer      text,
@@ -53,8 +53,17 @@ SCHEMA = (
         datasets      text[] NOT NULL DEFAULT '{}',
         error         text NOT NULL,
         alert_status  text NOT NULL DEFAULT 'not_configured',
-        failed_at     timestamptz NOT NULL DEFAULT now()
+        failed_at     timestamptz NOT NULL DEFAULT now(),
+        dataset       text
     )
+    """,
+    # Before ranged runs a run had one row (run_id UNIQUE); now a row per failed partition
+    # and dataset. These two upgrade a table created before.
+    "ALTER TABLE export_failures ADD COLUMN IF NOT EXISTS dataset text",
+    "ALTER TABLE export_failures DROP CONSTRAINT IF EXISTS export_failures_run_id_key",
+    """
+    CREATE UNIQUE INDEX IF NOT EXISTS export_failures_one_row
+        ON export_failures (run_id, (coalesce(partition_key, '')), (coalesce(dataset, '')))
     """,
 )
 

@@ -1,4 +1,5 @@
-"""Failed export runs, one row per run in `export_failures`. Pure: no Dagster here."""
+"""Failed exports in `export_failures`: a row per failed partition and dataset of a run (one
+row for the run when it failed without naming partitions). Pure: no Dagster here."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from export_pipeline.state.db import connect
 
 @dataclass(frozen=True)
 class FailureRecord:
-    """What is known about a failed run; customer/month are None for unpartitioned runs."""
+    """One failed partition of one dataset (or a whole run); customer/month are None when the
+    failure is not about one of each."""
 
     run_id: str
     job_name: str
@@ -20,26 +22,34 @@ class FailureRecord:
     customer: str | None = None
     month: str | None = None
     datasets: list[str] = field(default_factory=list)
+    dataset: str | None = None
 
 
-def record_failure(dsn: str, record: FailureRecord) -> bool:
-    """Insert the failure; False if this run was already recorded (a sensor tick retried)."""
+def record_failures(dsn: str, records: list[FailureRecord]) -> int:
+    """Insert the failures; rows already recorded (a sensor tick retried) are skipped. How
+    many were new."""
     query = sql.SQL(
         "INSERT INTO export_failures "
-        "(run_id, job_name, partition_key, customer, month, datasets, error) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING"
+        "(run_id, job_name, partition_key, customer, month, datasets, error, dataset) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (run_id, (coalesce(partition_key, '')), (coalesce(dataset, ''))) "
+        "DO NOTHING"
     )
-    params = (
-        record.run_id,
-        record.job_name,
-        record.partition_key,
-        record.customer,
-        record.month,
-        list(record.datasets),
-        record.error,
-    )
+    new = 0
     with connect(dsn) as conn, conn.transaction():
-        return conn.execute(query, params).rowcount == 1
+        for r in records:
+            params = (
+                r.run_id,
+                r.job_name,
+                r.partition_key,
+                r.customer,
+                r.month,
+                list(r.datasets),
+                r.error,
+                r.dataset,
+            )
+            new += conn.execute(query, params).rowcount
+    return new
 
 
 def set_alert_status(dsn: str, run_id: str, status: str) -> None:

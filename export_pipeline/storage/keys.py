@@ -13,6 +13,7 @@ from export_pipeline.errors import ExportError
 from export_pipeline.partitions import Month, validate_customer_key
 
 _PREFIX_SEGMENT_RE = re.compile(r"[A-Za-z0-9._=-]+")
+DEFAULT_PREFIX = "exports"  # objects are <prefix>/<customer>/<YYYY-MM>/<dataset>.<ext>
 
 MANIFEST_STEM, MANIFEST_EXTENSION = "manifest", ".json"
 SUCCESS_NAME = "_SUCCESS"

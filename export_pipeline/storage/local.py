@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import pyarrow.fs as pafs
 
 from export_pipeline.errors import ExportError
-from export_pipeline.storage.keys import normalize_prefix
+from export_pipeline.storage.keys import DEFAULT_PREFIX, normalize_prefix
 from export_pipeline.storage.writer import ObjectHeaders, ObjectStore, ObjectWriter
 
 
@@ -61,7 +62,7 @@ class LocalObjectWriter(ObjectWriter):
 class LocalObjectStore(ObjectStore):
     """Objects under `root/<prefix>/...`; URIs are absolute file paths."""
 
-    def __init__(self, root: str | Path, prefix: str = "exports") -> None:
+    def __init__(self, root: str | Path, prefix: str = DEFAULT_PREFIX) -> None:
         self.root = Path(root).expanduser().resolve()
         self.prefix = normalize_prefix(prefix)
 
@@ -71,15 +72,22 @@ class LocalObjectStore(ObjectStore):
             raise ValueError(f"object key {key!r} escapes the storage folder")
         return path
 
+    @property
+    def location(self) -> str:
+        return f"file://{self.root}/{self.prefix}"
+
     def open_writer(self, key: str, headers: ObjectHeaders) -> ObjectWriter:
         return LocalObjectWriter(key, self.path(key), self.root)
 
-    def remove_orphans(self, key: str) -> int:
-        path = self.path(key)
+    def remove_orphans(self, keys: Sequence[str]) -> int:
         removed = 0
-        for orphan in path.parent.glob(f".{path.name}.*.partial"):
-            orphan.unlink(missing_ok=True)
-            removed += 1
+        for key in keys:
+            path = self.path(key)
+            if not path.parent.is_dir():
+                continue
+            for orphan in path.parent.glob(f".{path.name}.*.partial"):
+                orphan.unlink(missing_ok=True)
+                removed += 1
         return removed
 
     def uri(self, key: str) -> str:
@@ -91,8 +99,18 @@ class LocalObjectStore(ObjectStore):
         except FileNotFoundError:
             return None
 
-    def remove(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+    def read_tail(self, key: str, length: int) -> tuple[int, bytes] | None:
+        try:
+            with open(self.path(key), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                f.seek(max(0, size - length))
+                return size, f.read()
+        except FileNotFoundError:
+            return None
+
+    def remove_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.path(key).unlink(missing_ok=True)
 
     def open_reader(self, key: str) -> BinaryIO:
         return open(self.path(key), "rb")

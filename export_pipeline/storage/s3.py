@@ -16,7 +16,9 @@ lifecycle rule `AbortIncompleteMultipartUpload` cleans up keys never written aga
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass
@@ -31,8 +33,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from export_pipeline.errors import ExportError
-from export_pipeline.retryable import is_transient
-from export_pipeline.storage.keys import StorageConfigError, normalize_prefix
+from export_pipeline.retryable import TRANSIENT_S3_CODES, is_transient
+from export_pipeline.storage.keys import DEFAULT_PREFIX, StorageConfigError, normalize_prefix
 from export_pipeline.storage.parts import (
     DEFAULT_MAX_BUFFER_BYTES,
     DEFAULT_MAX_CONCURRENCY,
@@ -55,12 +57,13 @@ MAX_LINK_TTL_SECONDS = 604800  # SigV4 presigned URLs cannot live longer than 7 
 # is slow. A part that lands after the abort is refused (NoSuchUpload) or, rarely, left for the
 # next run's remove_orphans and the bucket's AbortIncompleteMultipartUpload rule.
 ABORT_WAIT_SECONDS = 5.0
+_DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys a request
 
 
 @dataclass(frozen=True)
 class S3Config:
     bucket: str
-    prefix: str = "exports"
+    prefix: str = DEFAULT_PREFIX
     endpoint_url: str | None = None
     region_name: str | None = None
     link_ttl_seconds: int = MAX_LINK_TTL_SECONDS
@@ -71,12 +74,28 @@ class S3Config:
     max_object_bytes: int = MAX_OBJECT_SIZE  # what the memory limit must reach (S3's 5 TiB)
     read_timeout_seconds: float = 60.0  # botocore's default
     max_attempts: int = 5  # botocore attempts per request, the first one included
+    use_ssl: bool = True
+    verify: bool | str | None = None  # botocore's: None checks certificates, a path a CA bundle
+    abort_wait_seconds: float = ABORT_WAIT_SECONDS  # see ABORT_WAIT_SECONDS
 
     def __post_init__(self) -> None:
         if not self.bucket or "/" in self.bucket:
             raise StorageConfigError(f"EXPORT_S3_BUCKET {self.bucket!r} is not a bucket name")
         check_link_ttl(self.link_ttl_seconds)
         self.schedule.check()
+
+    def client(self, session: boto3.session.Session | None = None) -> Any:
+        """An S3 client with these settings and a connection pool for the part uploads."""
+        return make_s3_client(
+            session,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region_name,
+            max_pool_connections=max(10, self.max_concurrency * 2),
+            max_attempts=self.max_attempts,
+            read_timeout_seconds=self.read_timeout_seconds,
+            use_ssl=self.use_ssl,
+            verify=self.verify,
+        )
 
     @property
     def schedule(self) -> PartSchedule:
@@ -98,40 +117,40 @@ def check_link_ttl(ttl_seconds: int) -> int:
     return ttl_seconds
 
 
-def client_config(
-    endpoint_url: str | None,
+def make_s3_client(
+    session: boto3.session.Session | None = None,
+    *,
+    endpoint_url: str | None = None,
+    region_name: str | None = None,
     max_pool_connections: int = 10,
     max_attempts: int = 5,
-    read_timeout: float = 60.0,
-) -> Config:
-    """botocore settings for every S3 client of the project.
+    read_timeout_seconds: float = 60.0,
+    use_ssl: bool = True,
+    verify: bool | str | None = None,
+) -> Any:
+    """The project's one S3 client factory (ExportS3Resource and S3Config use it).
 
     SigV4 everywhere: without `signature_version="s3v4"` boto3 presigns with SigV2 for
     us-east-1 and custom endpoints. Custom endpoints (MinIO, moto, R2) get path-style
-    addressing. Retries use botocore's `standard` mode (5xx, SlowDown, throttling).
+    addressing. Retries use botocore's `standard` mode (5xx, SlowDown, throttling);
+    `max_attempts` counts the first try, as dagster-aws's `max_attempts` does. `session`
+    (default: boto3's credential chain) also decides whose credentials' expiry download links
+    report.
     """
-    return Config(
+    config = Config(
         signature_version="s3v4",
         s3={"addressing_style": "path" if endpoint_url else "auto"},
-        # total_max_attempts counts the first try, as dagster-aws's `max_attempts` does
         retries={"total_max_attempts": max_attempts, "mode": "standard"},
         max_pool_connections=max_pool_connections,
-        read_timeout=read_timeout,
+        read_timeout=read_timeout_seconds,
     )
-
-
-def make_s3_client(config: S3Config, session: boto3.session.Session | None = None) -> Any:
-    """A boto3 S3 client for `config`, from `session` (default: boto3's credential chain)."""
     return (session or boto3.session.Session()).client(
         "s3",
-        endpoint_url=config.endpoint_url or None,
-        region_name=config.region_name or None,
-        config=client_config(
-            config.endpoint_url,
-            max(10, config.max_concurrency * 2),
-            config.max_attempts,
-            config.read_timeout_seconds,
-        ),
+        endpoint_url=endpoint_url or None,
+        region_name=region_name or None,
+        use_ssl=use_ssl,
+        verify=verify,
+        config=config,
     )
 
 
@@ -140,7 +159,8 @@ def _code(exc: ClientError) -> str:
 
 
 class S3UploadError(ExportError):
-    """An S3 request of an upload failed (after botocore's retries); names the object."""
+    """An S3 request failed after botocore's retries (an upload's, a delete, a look at an
+    object); names the object and says whether it is transient."""
 
 
 class S3ObjectWriter(ObjectWriter):
@@ -152,6 +172,7 @@ class S3ObjectWriter(ObjectWriter):
         self._schedule = config.schedule
         self._buffer = bytearray()
         self._upload_id: str | None = None
+        self._create_unanswered = False  # CreateMultipartUpload sent, its answer not taken
         self._parts: list[Future[dict[str, Any]]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._uploads = threading.Condition()  # guards the in-flight counts and _failure
@@ -159,6 +180,10 @@ class S3ObjectWriter(ObjectWriter):
         self._in_flight_bytes = 0
         self._failure: BaseException | None = None
         self.peak_buffered_bytes = 0  # the most data held at once: filling part + uploading
+
+    @property
+    def buffered_only(self) -> bool:
+        return self._upload_id is None
 
     def _held(self) -> None:
         held = len(self._buffer) + self._in_flight_bytes
@@ -217,9 +242,11 @@ class S3ObjectWriter(ObjectWriter):
         flight, and the parts in flight plus this one plus the next part to fill (`next_size`)
         within max_buffer_bytes. Blocks the producer until then (back-pressure)."""
         if self._upload_id is None:
+            self._create_unanswered = True
             self._upload_id = self._client.create_multipart_upload(**self._object_args())[
                 "UploadId"
             ]
+            self._create_unanswered = False
             self._pool = ThreadPoolExecutor(
                 self._config.max_concurrency, thread_name_prefix="s3-part"
             )
@@ -297,10 +324,12 @@ class S3ObjectWriter(ObjectWriter):
     def _abort(self) -> None:
         self._buffer = bytearray()
         if self._upload_id is None:
+            if self._create_unanswered:
+                self._abort_unanswered_create()
             return
         for future in self._parts:
             future.cancel()
-        _, running = wait_for_futures(self._parts, timeout=ABORT_WAIT_SECONDS)
+        _, running = wait_for_futures(self._parts, timeout=self._config.abort_wait_seconds)
         if running:
             logger.warning(
                 "aborting multipart upload %s of s3://%s/%s with %s part upload(s) still in "
@@ -309,7 +338,7 @@ class S3ObjectWriter(ObjectWriter):
                 self._config.bucket,
                 self.key,
                 len(running),
-                ABORT_WAIT_SECONDS,
+                self._config.abort_wait_seconds,
             )
         self._shutdown(wait=False)
         try:
@@ -321,6 +350,29 @@ class S3ObjectWriter(ObjectWriter):
                 "could not abort multipart upload %s of s3://%s/%s (%s); a bucket lifecycle "
                 "rule AbortIncompleteMultipartUpload removes it",
                 self._upload_id,
+                self._config.bucket,
+                self.key,
+                exc,
+            )
+
+    def _abort_unanswered_create(self) -> None:
+        """Stopped (a cancel) after S3 may have opened the upload but before its id came back:
+        abort the key's open uploads. The caller holds the key's partition lock, so any is this
+        writer's or a dead one's (as for `remove_orphans`)."""
+        try:
+            listing = self._client.list_multipart_uploads(
+                Bucket=self._config.bucket, Prefix=self.key
+            )
+            for upload in listing.get("Uploads", []):
+                if upload["Key"] == self.key:
+                    self._client.abort_multipart_upload(
+                        Bucket=self._config.bucket, Key=self.key, UploadId=upload["UploadId"]
+                    )
+        except Exception as exc:  # the error being raised matters more; say this one too
+            logger.warning(
+                "could not abort the multipart upload of s3://%s/%s begun when the export "
+                "stopped (%s); the next export of the key or a bucket lifecycle rule "
+                "AbortIncompleteMultipartUpload removes it",
                 self._config.bucket,
                 self.key,
                 exc,
@@ -351,8 +403,12 @@ class S3ObjectStore(ObjectStore):
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = make_s3_client(self.config, self._session)
+            self._client = self.config.client(self._session)
         return self._client
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.config.bucket}/{self.prefix}"
 
     def open_writer(self, key: str, headers: ObjectHeaders) -> ObjectWriter:
         return S3ObjectWriter(self.client, self.config, key, headers)
@@ -360,42 +416,101 @@ class S3ObjectStore(ObjectStore):
     def uri(self, key: str) -> str:
         return f"s3://{self.config.bucket}/{key}"
 
-    def remove_orphans(self, key: str) -> int:
-        """Abort the open multipart uploads of exactly `key` (a killed run's parts)."""
-        listing = self.client.list_multipart_uploads(Bucket=self.config.bucket, Prefix=key)
-        removed = 0
-        for upload in listing.get("Uploads", []):
-            if upload["Key"] != key:
-                continue
-            self.client.abort_multipart_upload(
-                Bucket=self.config.bucket, Key=key, UploadId=upload["UploadId"]
-            )
-            removed += 1
-        if removed:
-            logger.warning("aborted %s orphaned multipart upload(s) of %s", removed, self.uri(key))
-        return removed
+    def remove_orphans(self, keys: Sequence[str]) -> int:
+        """Abort the open multipart uploads of exactly `keys` (a killed run's parts): one
+        listing (1,000 uploads a page) under the keys' longest common prefix, so a range of
+        partitions costs one request, not one per key."""
+        wanted = set(keys)
+        if not wanted:
+            return 0
+        prefix = os.path.commonprefix(sorted(wanted))  # noqa: RUF071 - an S3 key prefix
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        orphans = [
+            (upload["Key"], upload["UploadId"])
+            for page in paginator.paginate(Bucket=self.config.bucket, Prefix=prefix)
+            for upload in page.get("Uploads", [])
+            if upload["Key"] in wanted
+        ]
+        for key, upload_id in orphans:
+            try:
+                self.client.abort_multipart_upload(
+                    Bucket=self.config.bucket, Key=key, UploadId=upload_id
+                )
+            except ClientError as exc:
+                if _code(exc) != "NoSuchUpload":  # gone meanwhile: what we wanted
+                    raise
+            logger.warning("aborted an orphaned multipart upload of %s", self.uri(key))
+        return len(orphans)
 
     def size(self, key: str) -> int | None:
         try:
             head = self.client.head_object(Bucket=self.config.bucket, Key=key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            if _code(exc) in {"404", "NoSuchKey", "NotFound"}:
                 return None
-            raise
+            raise self._look_failed(key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._look_failed(key, exc) from exc
         return int(head["ContentLength"])
 
-    def remove(self, key: str) -> None:
-        """DELETE is idempotent in S3: a missing key answers 204 too."""
+    def read_tail(self, key: str, length: int) -> tuple[int, bytes] | None:
+        """One ranged GET (`bytes=-length`): the size from its Content-Range, and the bytes."""
         try:
-            self.client.delete_object(Bucket=self.config.bucket, Key=key)
+            response = self.client.get_object(
+                Bucket=self.config.bucket, Key=key, Range=f"bytes=-{length}"
+            )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "AccessDenied":
-                raise
-            raise StorageConfigError(
+            if _code(exc) in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            if _code(exc) == "InvalidRange":  # an empty object has no last bytes
+                size = self.size(key)
+                return None if size is None else (size, b"")
+            raise self._look_failed(key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._look_failed(key, exc) from exc
+        data = response["Body"].read()
+        total = str(response.get("ContentRange", "")).rpartition("/")[2]
+        return (int(total) if total.isdigit() else len(data)), data
+
+    def remove_many(self, keys: Sequence[str]) -> None:
+        """DeleteObjects, 1,000 keys a request (a missing key is no error in S3)."""
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), _DELETE_BATCH):
+            batch = unique[start : start + _DELETE_BATCH]
+            try:
+                response = self.client.delete_objects(
+                    Bucket=self.config.bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                )
+            except ClientError as exc:
+                raise self._delete_failed(batch[0], _code(exc)) from exc
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise self._delete_failed(
+                    str(first.get("Key")), str(first.get("Code")), str(first.get("Message"))
+                )
+
+    def _look_failed(self, key: str, exc: BotoCoreError | ClientError) -> S3UploadError:
+        transient = is_transient(exc)
+        return S3UploadError(
+            f"cannot look at {self.uri(key)}: {exc} ({'transient' if transient else 'permanent'})",
+            transient=transient,
+        )
+
+    def _delete_failed(self, key: str, code: str, message: str = "") -> ExportError:
+        if code == "AccessDenied":
+            return StorageConfigError(
                 f"cannot delete {self.uri(key)}: access denied; the exporter needs "
                 "s3:DeleteObject on its prefix to withdraw a delivery's manifest before "
                 "re-exporting (docs/manifest.md)"
-            ) from exc
+            )
+        transient = code in TRANSIENT_S3_CODES
+        return S3UploadError(
+            f"cannot delete {self.uri(key)}: {code} {message}".strip()
+            + (" (transient)" if transient else " (permanent)"),
+            transient=transient,
+        )
 
     def open_reader(self, key: str) -> BinaryIO:
         body = self.client.get_object(Bucket=self.config.bucket, Key=key)["Body"]

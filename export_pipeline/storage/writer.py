@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -77,6 +78,12 @@ class ObjectWriter(ABC):
     def writable(self) -> bool:
         return True
 
+    @property
+    def buffered_only(self) -> bool:
+        """True while nothing has been sent: `commit` is then one request (or a rename) with
+        what is buffered, and the writer holds at most one part's bytes."""
+        return True
+
     def close(self) -> None:
         self.closed = True
 
@@ -122,6 +129,12 @@ class ObjectStore(ABC):
 
     prefix: str
 
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the objects live (bucket and prefix, or folder and prefix), e.g. to name them
+        in locks and messages."""
+
     @abstractmethod
     def open_writer(self, key: str, headers: ObjectHeaders) -> ObjectWriter: ...
 
@@ -134,8 +147,18 @@ class ObjectStore(ABC):
         """The object's size in bytes (a HEAD or a stat, never a download); None if absent."""
 
     @abstractmethod
+    def read_tail(self, key: str, length: int) -> tuple[int, bytes] | None:
+        """(the object's size, its last `length` bytes or fewer) in one request (a ranged GET
+        or a stat and a read); None if absent."""
+
+    @abstractmethod
+    def remove_many(self, keys: Sequence[str]) -> None:
+        """Delete the objects `keys` (missing ones are fine), in as few requests as the store
+        allows; in no particular order."""
+
     def remove(self, key: str) -> None:
         """Delete the object `key`; nothing happens if there is none."""
+        self.remove_many([key])
 
     @abstractmethod
     def open_reader(self, key: str) -> BinaryIO:
@@ -145,11 +168,10 @@ class ObjectStore(ABC):
     def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]:
         """A pyarrow filesystem over this store and the path that `key`s are relative to."""
 
-    def remove_orphans(self, key: str) -> int:
-        """Discard what a writer of `key` that died without aborting left behind (a killed
-        run's temporary file or open multipart upload); return how many. Called before a new
-        write of the same key: one writer per partition at a time is the instance's run limit.
-        """
+    def remove_orphans(self, keys: Sequence[str]) -> int:
+        """Discard what writers of `keys` that died without aborting left behind (a killed
+        run's temporary files or open multipart uploads); return how many. Call it only while
+        no live writer of these keys can exist (the caller holds their partition locks)."""
         return 0
 
     def download_link(self, key: str, ttl_seconds: int | None = None) -> DownloadLink | None:

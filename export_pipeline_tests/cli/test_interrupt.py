@@ -56,6 +56,7 @@ def test_a_signal_stops_the_export_and_exits_130(
     proc = subprocess.Popen(
         [sys.executable, "-m", "export_pipeline.cli", "run", "3", "2025-07", "--dataset", "slow"],
         env=cli.env,
+        cwd=cli.home.parent,  # as the Cli runs it: no .env but the test's own
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

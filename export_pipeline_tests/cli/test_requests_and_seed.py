@@ -23,7 +23,7 @@ def test_requests_lists_the_rows_and_their_outcome(tmp_path: Path, scratch_dsn: 
     mark_failed(scratch_dsn, third, "run-3", "exports/events 5|2025-05-01: boom\nmore detail")
     cli = make_cli(tmp_path, [], EXPORT_STATE_DSN=scratch_dsn)
 
-    proc = cli("requests", "--json")
+    proc = cli.call("requests", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert [(r["id"], r["status"]) for r in rows] == [
@@ -34,18 +34,18 @@ def test_requests_lists_the_rows_and_their_outcome(tmp_path: Path, scratch_dsn: 
     assert rows[2]["uris"] == ["s3://b/exports/3/2025-03/orders.jsonl"]
     assert rows[1]["datasets"] is None and rows[1]["requester"] == "ops"
 
-    failed = cli("requests", "--status", "failed")
+    failed = cli.call("requests", "--status", "failed")
     assert failed.returncode == 0, failed.stderr
     [line] = [line for line in failed.stdout.splitlines() if "2025-05" in line]
     assert "failed" in line and "boom" in line and "more detail" not in failed.stdout
     assert "2025-03" not in failed.stdout and "2025-04" not in failed.stdout
 
-    table = cli("requests", "--customer", "3")
+    table = cli.call("requests", "--customer", "3")
     assert "orders.jsonl" in table.stdout and "2025-04" not in table.stdout
 
-    bad = cli("requests", "--status", "done")
+    bad = cli.call("requests", "--status", "done")
     assert bad.returncode == 2 and "invalid choice: 'done'" in one_line(bad.stderr)
-    unset = cli("requests", env={"EXPORT_STATE_DSN": ""})
+    unset = cli.call("requests", env={"EXPORT_STATE_DSN": ""})
     assert unset.returncode == 1 and "EXPORT_STATE_DSN is not set" in one_line(unset.stderr)
 
 
@@ -53,7 +53,7 @@ def test_seed_demo_fills_the_source_and_registers_the_customers(
     tmp_path: Path, scratch_dsn: str
 ) -> None:
     cli = make_cli(tmp_path, [], EXPORT_SOURCE_DSN=scratch_dsn)
-    proc = cli("seed-demo", "--rows", "2000", "--customers", "3")
+    proc = cli.call("seed-demo", "--rows", "2000", "--customers", "3")
     assert proc.returncode == 0, proc.stderr
     assert "3 customer partition(s) registered, 3 new" in proc.stdout
     with psycopg.connect(scratch_dsn) as conn:
@@ -64,12 +64,12 @@ def test_seed_demo_fills_the_source_and_registers_the_customers(
     with cli.instance() as instance:
         assert sorted(instance.get_dynamic_partitions("customers")) == ["1", "2", "3"]
 
-    again = cli("seed-demo")
+    again = cli.call("seed-demo")
     assert again.returncode == 0, again.stderr
     assert "3 customer partition(s) registered, 0 new" in again.stdout
     assert "already there" in one_line(again.stderr)
 
-    no_dsn = cli("seed-demo", env={"EXPORT_SOURCE_DSN": ""})
+    no_dsn = cli.call("seed-demo", env={"EXPORT_SOURCE_DSN": ""})
     assert no_dsn.returncode == 2 and "EXPORT_SOURCE_DSN" in one_line(no_dsn.stderr)
-    no_home = cli("status", env={"DAGSTER_HOME": ""})
+    no_home = cli.call("status", env={"DAGSTER_HOME": ""})
     assert no_home.returncode == 1 and "DAGSTER_HOME is not set" in one_line(no_home.stderr)

@@ -82,7 +82,7 @@ def test_a_failed_export_exits_1_with_one_line(runs: Runs) -> None:
 
 
 def test_status_says_never_run_done_and_failed(runs: Runs, s3_cli: Cli) -> None:
-    proc = s3_cli("status", "3", "--month", "2025-03", "--json")
+    proc = s3_cli.call("status", "3", "--month", "2025-03", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = {r["dataset"]: r for r in json.loads(proc.stdout)}
     assert {name: r["state"] for name, r in rows.items()} == {
@@ -98,7 +98,7 @@ def test_status_says_never_run_done_and_failed(runs: Runs, s3_cli: Cli) -> None:
     assert rows["orders"]["link_expires_at"] == orders["download_url_expires_at"]
     assert "no_such_table" in rows["broken"]["error"] and "\n" not in rows["broken"]["error"]
 
-    table = s3_cli("status", "3", "--month", "2025-03")
+    table = s3_cli.call("status", "3", "--month", "2025-03")
     assert table.returncode == 0, table.stderr
     lines = {name: line for line in table.stdout.splitlines() for name in rows if name in line}
     assert "never run" in lines["events"] and "failed" in lines["broken"]
@@ -106,7 +106,7 @@ def test_status_says_never_run_done_and_failed(runs: Runs, s3_cli: Cli) -> None:
 
 
 def test_status_without_month_lists_what_ran(runs: Runs, s3_cli: Cli) -> None:
-    proc = s3_cli("status", "--json")
+    proc = s3_cli.call("status", "--json")
     assert proc.returncode == 0, proc.stderr
     states = {
         (r["customer"], r["month"], r["dataset"]): r["state"] for r in json.loads(proc.stdout)
@@ -122,7 +122,7 @@ def test_status_without_month_lists_what_ran(runs: Runs, s3_cli: Cli) -> None:
 def test_link_signs_a_url_that_gets_the_exact_bytes(
     runs: Runs, s3_cli: Cli, s3_client_module: Any, s3_bucket: str
 ) -> None:
-    proc = s3_cli("link", "3", "2025-03", "invoices", "--ttl", "600")
+    proc = s3_cli.call("link", "3", "2025-03", "invoices", "--ttl", "600")
     assert proc.returncode == 0, proc.stderr
     url = one_line(proc.stdout)
     assert "X-Amz-Expires=600" in url and "X-Amz-Signature=" in url
@@ -137,7 +137,7 @@ def test_link_signs_a_url_that_gets_the_exact_bytes(
 
 
 def test_link_json_and_default_ttl(runs: Runs, s3_cli: Cli) -> None:
-    proc = s3_cli("link", "3", "2025-03", "orders", "--json")
+    proc = s3_cli.call("link", "3", "2025-03", "orders", "--json")
     assert proc.returncode == 0, proc.stderr
     link = json.loads(proc.stdout)
     assert link["uri"] == recorded(s3_cli, "orders")["uri"]
@@ -163,21 +163,29 @@ def test_link_json_and_default_ttl(runs: Runs, s3_cli: Cli) -> None:
 def test_errors_are_one_line_with_their_exit_code(
     s3_cli: Cli, args: list[str], code: int, text: str
 ) -> None:
-    proc = s3_cli(*args)
+    proc = s3_cli.call(*args)
     assert proc.returncode == code, proc.stderr
     assert text in one_line(proc.stderr)
     assert proc.stdout == ""
 
 
+def test_the_console_script_exits_with_the_code_and_one_line(s3_cli: Cli) -> None:
+    """The same in a process of its own: the exit status and stderr the shell sees."""
+    proc = s3_cli("run", "9", "2025-03")
+    assert proc.returncode == 3, proc.stderr
+    assert "customer '9' is not a 'customers' partition" in one_line(proc.stderr)
+    assert proc.stdout == ""
+
+
 def test_verbose_keeps_the_cause(s3_cli: Cli) -> None:
-    proc = s3_cli("link", "3", "2025-03", "orders", "--ttl", "0", "-v")
+    proc = s3_cli.call("link", "3", "2025-03", "orders", "--ttl", "0", "-v")
     assert proc.returncode == 2
     assert "Traceback" in proc.stderr and "CliError" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("export-pipeline link: --ttl must be")
 
 
 def test_run_without_storage_fails_before_starting_anything(s3_cli: Cli) -> None:
-    proc = s3_cli("run", "3", "2025-04", env={"EXPORT_S3_BUCKET": ""})
+    proc = s3_cli.call("run", "3", "2025-04", env={"EXPORT_S3_BUCKET": ""})
     assert proc.returncode == 1
     assert "no export storage configured" in one_line(proc.stderr)
     with s3_cli.instance() as instance:

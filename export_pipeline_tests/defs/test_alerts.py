@@ -14,20 +14,26 @@ import dagster as dg
 import psycopg
 import pytest
 
+from export_pipeline.dagster_private import ranged_run_tags
 from export_pipeline.defs.alerts import export_failure_sensor
+from export_pipeline.defs.runs import run_partitions
+from export_pipeline.io_managers.metadata import export_asset_key
 from export_pipeline.resources.alerts import AlertWebhookResource
 from export_pipeline.resources.state import ExportStateResource
 from export_pipeline.spec import ExportSpec
 from export_pipeline.state.db import StateDatabaseError
 from export_pipeline.webhook import WebhookConfig, post
-from export_pipeline_tests.defs.run_helpers import (
-    UNREACHABLE_SOURCE,
-    failure_context,
-    run_exports_job,
+from export_pipeline_tests.defs.run_helpers import UNREACHABLE_SOURCE, failure_context
+from export_pipeline_tests.harness import (
+    add_customers,
+    export_definitions,
+    export_resources,
+    local_storage,
+    materialize,
 )
 
 SECRET = "whsec-test-4711"
-EXPORTS_INVOICES = [dg.AssetKey(["exports", "invoices"])]
+EXPORTS_INVOICES = [export_asset_key("invoices")]
 
 
 @dataclass
@@ -65,12 +71,19 @@ def receiver(statuses: list[int]) -> Iterator[Receiver]:
 
 
 def _failed_export_run(
-    instance: dg.DagsterInstance, spec: ExportSpec, tmp_path: Path
+    instance: dg.DagsterInstance,
+    spec: ExportSpec,
+    tmp_path: Path,
+    partitions: str | tuple[str, str] = "2|2025-03-01",
+    selection: list[dg.AssetKey] = EXPORTS_INVOICES,
 ) -> dg.DagsterRun:
-    instance.add_dynamic_partitions("customers", ["2"])
-    run = run_exports_job(
-        instance, spec, UNREACHABLE_SOURCE, tmp_path, "2|2025-03-01", EXPORTS_INVOICES
-    )
+    """A run of exports/invoices (or `selection`) that fails as a whole: the source is
+    unreachable."""
+    add_customers(instance, ["1", "2", "3"])
+    resources = export_resources(UNREACHABLE_SOURCE, local_storage(tmp_path))
+    # No RetryPolicy: the run fails at once (an unreachable source is transient).
+    defs = export_definitions(spec, resources, retry_policy=None, checks=False, manifest=False)
+    run = materialize(instance, defs, partitions, selection=selection).dagster_run
     assert run.status == dg.DagsterRunStatus.FAILURE
     return run
 
@@ -119,7 +132,47 @@ def test_failed_run_is_recorded_and_posted_signed_after_a_503(
         "2025-03",
         ["invoices"],
     )
+    assert [(f["partition_key"], f["dataset"]) for f in payload["failures"]] == [
+        ("2|2025-03-01", "invoices")  # the step failed before any partition: one row
+    ]
     assert SECRET not in hook.received[1][1].decode()
+
+
+def test_a_ranged_run_that_fails_as_a_whole_is_one_row_naming_its_range(
+    scratch_dsn: str, demo_spec: ExportSpec, tmp_path: Path
+) -> None:
+    with dg.instance_for_test() as instance:
+        run = _failed_export_run(instance, demo_spec, tmp_path, ("1|2025-03-01", "3|2025-03-01"))
+        _sense(instance, run, scratch_dsn, AlertWebhookResource())
+    [row] = _failures(scratch_dsn)
+    assert row[:6] == (
+        run.run_id,
+        "exports_job",
+        "1|2025-03-01...3|2025-03-01",
+        None,  # several customers
+        "2025-03",  # one month
+        ["invoices"],
+    )
+    assert "exports/invoices 1|2025-03-01...3|2025-03-01" in row[6]
+    assert "cannot connect to the source database" in row[6] and row[7] == "not_configured"
+
+
+def test_every_export_step_failing_as_a_whole_is_a_row_of_its_own(
+    scratch_dsn: str, demo_spec: ExportSpec, tmp_path: Path
+) -> None:
+    """Three steps of one range fail before any partition: three rows, one per dataset, each
+    with its own step's error (none is lost to another's row)."""
+    datasets = sorted(demo_spec.datasets)
+    selection = [export_asset_key(d) for d in datasets]
+    with dg.instance_for_test() as instance:
+        run = _failed_export_run(
+            instance, demo_spec, tmp_path, ("1|2025-03-01", "3|2025-03-01"), selection
+        )
+        _sense(instance, run, scratch_dsn, AlertWebhookResource())
+    rows = _failures(scratch_dsn)
+    assert [(r[2], r[5]) for r in rows] == [("1|2025-03-01...3|2025-03-01", [d]) for d in datasets]
+    for row, dataset in zip(rows, datasets, strict=True):
+        assert f"exports__{dataset}: exports/{dataset} 1|2025-03-01...3|2025-03-01" in row[6]
 
 
 def test_a_400_is_not_retried(scratch_dsn: str, demo_spec: ExportSpec, tmp_path: Path) -> None:
@@ -206,12 +259,17 @@ def test_settings_wire_state_and_alerts_as_env_vars(monkeypatch: pytest.MonkeyPa
             },
             ("3|2025-03-01", "3", "2025-03"),
         ),
-        ({"dagster/partition": "2025-03-01"}, ("2025-03-01", None, "2025-03")),  # monthly job
+        (
+            ranged_run_tags("1|2025-03-01", "20|2025-03-01"),  # a month of customers
+            ("1|2025-03-01...20|2025-03-01", None, "2025-03"),
+        ),
+        (
+            ranged_run_tags("3|2025-01-01", "3|2025-06-01"),  # a customer's history
+            ("3|2025-01-01...3|2025-06-01", "3", None),
+        ),
         ({}, (None, None, None)),
     ],
 )
-def test_run_partition_from_tags(tags: dict[str, str], expected: tuple) -> None:
-    from export_pipeline.defs.runs import run_partition
-
-    found = run_partition(dg.DagsterRun(job_name="any", tags=tags))
+def test_run_partitions_from_tags(tags: dict[str, str], expected: tuple) -> None:
+    found = run_partitions(dg.DagsterRun(job_name="any", tags=tags))
     assert (found.partition_key, found.customer, found.month) == expected

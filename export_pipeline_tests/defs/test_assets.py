@@ -1,3 +1,6 @@
+"""One customer-month of an export asset, materialized in process: what it records, where the
+file goes, and how a failure reads."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,58 +9,44 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import pytest
 
-from export_pipeline.defs.assets import build_export_asset
-from export_pipeline.defs.partitions import build_export_partitions_def
-from export_pipeline.io_managers.exports import (
-    EXPORTS_IO_MANAGER_KEY,
-    LocalExportIOManager,
-    S3ExportIOManager,
-)
-from export_pipeline.resources.s3 import ExportS3Resource
-from export_pipeline.resources.source import PostgresSourceResource
+from export_pipeline.io_managers.metadata import export_asset_key
 from export_pipeline.spec import ExportSpec
-from export_pipeline.storage.s3 import MIN_PART_SIZE
+from export_pipeline_tests.defs.run_helpers import UNREACHABLE_SOURCE
+from export_pipeline_tests.harness import (
+    add_customers,
+    export_definitions,
+    export_resources,
+    local_storage,
+    materialize,
+    recorded,
+    s3_storage,
+    step_failures,
+)
 
-KEY = dg.MultiPartitionKey({"customer": "2", "month": "2025-03-01"})
+PARTITION = "2|2025-03-01"
 
 
-def _materialize(
-    spec: ExportSpec,
-    dataset: str,
-    storage: dg.ConfigurableIOManager,
-    dsn: str,
-    key: dg.MultiPartitionKey = KEY,
-) -> dict[str, Any]:
-    asset = build_export_asset(
-        spec.datasets[dataset],
-        build_export_partitions_def(spec.months_start),
-        retry_policy=None,  # failures here fail at once (retries: defs/test_retries.py)
-    )
+def _materialize_one(
+    spec: ExportSpec, dataset: str, resources: dict[str, Any]
+) -> tuple[dg.ExecuteInProcessResult, dict[str, Any]]:
+    defs = export_definitions(spec, resources, manifest=False)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("customers", ["2"])
-        result = dg.materialize(
-            [asset],
-            partition_key=key,
-            instance=instance,
-            resources={"source": PostgresSourceResource(dsn=dsn), EXPORTS_IO_MANAGER_KEY: storage},
-            raise_on_error=False,
-        )
-        if not result.success:
-            failure = result.get_step_failure_events()[0].step_failure_data.error
-            raise AssertionError(failure.message if failure else "run failed")
-        [mat] = result.asset_materializations_for_node(f"exports__{dataset}")
-        return {k: v.value for k, v in mat.metadata.items()}
+        add_customers(instance, ["2"])
+        result = materialize(instance, defs, PARTITION, selection=[export_asset_key(dataset)])
+        return result, recorded(instance, dataset, PARTITION) or {}
 
 
 def test_materialization_into_s3_reports_what_was_delivered(
     demo_spec: ExportSpec, demo_dsn: str, s3_endpoint: str, bucket: str, s3_client: Any
 ) -> None:
-    storage = S3ExportIOManager(
-        s3=ExportS3Resource(endpoint_url=s3_endpoint), bucket=bucket, part_size_bytes=MIN_PART_SIZE
+    result, md = _materialize_one(
+        demo_spec, "events", export_resources(demo_dsn, s3_storage(s3_endpoint, bucket))
     )
-    md = _materialize(demo_spec, "events", storage, demo_dsn)
+    assert result.success
+    # exactly one materialization of the partition, the one Dagster records for the output
+    [event] = result.asset_materializations_for_node("exports__events")
+    assert event.partition == PARTITION
     body = s3_client.get_object(Bucket=bucket, Key="exports/2/2025-03/events.parquet")["Body"]
     data = body.read()
     assert md["uri"] == f"s3://{bucket}/exports/2/2025-03/events.parquet"
@@ -72,6 +61,7 @@ def test_materialization_into_s3_reports_what_was_delivered(
         "occurred_at",
     ]
     assert md["duration_seconds"] > 0 and md["rows_per_second"] > 0
+    assert md["snapshot_at"] > 0
     assert md["download_url_expires_at"] > 0
     with urllib.request.urlopen(md["download_url"]) as response:
         assert response.read() == data
@@ -80,8 +70,10 @@ def test_materialization_into_s3_reports_what_was_delivered(
 def test_materialization_into_local_folder(
     demo_spec: ExportSpec, demo_dsn: str, tmp_path: Path
 ) -> None:
-    storage = LocalExportIOManager(base_dir=str(tmp_path))
-    md = _materialize(demo_spec, "invoices", storage, demo_dsn)
+    result, md = _materialize_one(
+        demo_spec, "invoices", export_resources(demo_dsn, local_storage(tmp_path))
+    )
+    assert result.success
     path = Path(md["uri"])
     assert path == tmp_path / "exports/2/2025-03/invoices.csv.gz"
     assert md["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -90,11 +82,20 @@ def test_materialization_into_local_folder(
     assert md["csv_formula_guard"] is False and md["unrepresentable"] == "fail"
 
 
-def test_failure_is_one_clear_message(demo_spec: ExportSpec, tmp_path: Path) -> None:
-    storage = LocalExportIOManager(base_dir=str(tmp_path))
-    with pytest.raises(AssertionError, match="cannot connect to the source database") as info:
-        _materialize(demo_spec, "events", storage, "postgresql://u:pw-123@127.0.0.1:1/x")
-    assert "pw-123" not in str(info.value)
-    assert "exports/events 2|2025-03-01" in str(info.value)  # names the partition
-    assert "transient, may be retried" in str(info.value)  # connection refused may pass
+def test_failure_is_one_clear_message_and_a_transient_one_is_retried_by_dagster(
+    demo_spec: ExportSpec, tmp_path: Path
+) -> None:
+    """Nothing delivered yet (the source is unreachable): the step fails as a whole, naming the
+    partition, and Dagster applies the asset's RetryPolicy (FAST_RETRY: 2 retries)."""
+    result, md = _materialize_one(
+        demo_spec, "events", export_resources(UNREACHABLE_SOURCE, local_storage(tmp_path))
+    )
+    assert not result.success and md == {}
+    message = step_failures(result)["exports__events"]
+    assert "cannot connect to the source database" in message
+    assert "pw-source-123" not in message
+    assert f"exports/events {PARTITION}" in message  # names the partition
+    assert "transient, may be retried" in message  # connection refused may pass
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retries) == 2
     assert not any(tmp_path.rglob("*.parquet"))

@@ -3,6 +3,7 @@ partition, and against files changed behind the project's back."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,29 +14,33 @@ import dagster as dg
 import psycopg
 import pytest
 
-from export_pipeline.defs.assets import build_export_asset
+from export_pipeline.dagster_private import ranged_run_tags
 from export_pipeline.defs.checks import (
     FILE_PRESENT,
     NOT_EMPTY,
-    ROW_COUNT,
+    ROW_COUNT_CHECK,
     SCHEMA,
-    build_export_checks,
     export_checks_job,
 )
-from export_pipeline.defs.partitions import build_export_partitions_def
-from export_pipeline.io_managers.exports import (
-    EXPORTS_IO_MANAGER_KEY,
-    LocalExportIOManager,
-    S3ExportIOManager,
-)
-from export_pipeline.resources.s3 import ExportS3Resource
-from export_pipeline.resources.source import PostgresSourceResource
+from export_pipeline.io_managers.metadata import export_asset_key
+from export_pipeline.partitions import PARTITION_TAG
+from export_pipeline.resources.storage import ExportStorageResource
 from export_pipeline.spec import Compression, DatasetSpec, ExportSpec, Format
-from export_pipeline.storage.s3 import MIN_PART_SIZE
+from export_pipeline_tests.harness import (
+    add_customers,
+    export_definitions,
+    export_resources,
+    local_storage,
+    materialize,
+    recorded,
+    s3_storage,
+)
+from export_pipeline_tests.sigv4_proxy import Faults
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY = "4|2025-05-01"
-ALL_CHECKS = {FILE_PRESENT, ROW_COUNT, NOT_EMPTY, SCHEMA}
+ALL_CHECKS = {FILE_PRESENT, ROW_COUNT_CHECK, NOT_EMPTY, SCHEMA}
+TEXT_CHECKS = ALL_CHECKS - {ROW_COUNT_CHECK}  # a text file's rows are not counted
 
 
 class Exports:
@@ -47,33 +52,33 @@ class Exports:
         spec: ExportSpec,
         dataset: DatasetSpec,
         dsn: str,
-        storage: dg.ConfigurableIOManager,
+        storage: ExportStorageResource,
     ) -> None:
-        pdef = build_export_partitions_def(spec.months_start)
         self.instance = instance
         self.dataset = dataset.name
-        self.defs = dg.Definitions(
-            assets=[build_export_asset(dataset, pdef)],
-            asset_checks=[build_export_checks(dataset, pdef)],
-            jobs=[export_checks_job],
-            resources={"source": PostgresSourceResource(dsn=dsn), EXPORTS_IO_MANAGER_KEY: storage},
+        one = dataclasses.replace(spec, datasets={dataset.name: dataset})
+        self.defs = dg.Definitions.merge(
+            export_definitions(one, export_resources(dsn, storage), manifest=False),
+            dg.Definitions(jobs=[export_checks_job]),
         )
 
     def materialize(self, key: str) -> tuple[dict[str, Any], dict[str, dg.AssetCheckEvaluation]]:
         """Materialize (the asset and, as the UI does, its checks): metadata and check results."""
-        job = self.defs.resolve_implicit_global_asset_job_def()
-        result = job.execute_in_process(instance=self.instance, partition_key=key)
-        [mat] = result.asset_materializations_for_node(f"exports__{self.dataset}")
-        return {k: v.value for k, v in mat.metadata.items()}, _by_name(result)
+        result = materialize(self.instance, self.defs, key, raise_on_error=True)
+        return recorded(self.instance, self.dataset, key) or {}, _by_name(result)
 
-    def check(self, key: str) -> dict[str, dg.AssetCheckEvaluation]:
-        """The checks alone for one partition, the way a check-only run is tagged."""
+    def check(self, key: str | tuple[str, str]) -> dg.ExecuteInProcessResult:
+        """The checks alone, for one partition or a range, tagged as such runs are."""
+        tags = ranged_run_tags(*key) if isinstance(key, tuple) else {PARTITION_TAG: key}
         result = self.defs.resolve_job_def(export_checks_job.name).execute_in_process(
-            instance=self.instance, tags={"dagster/partition": key}
+            instance=self.instance, tags=tags
         )
         assert result.success  # failed checks never fail the run
         assert result.get_asset_materialization_events() == []
-        return _by_name(result)
+        return result
+
+    def check_one(self, key: str) -> dict[str, dg.AssetCheckEvaluation]:
+        return _by_name(self.check(key))
 
 
 def _by_name(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
@@ -83,12 +88,14 @@ def _by_name(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvalua
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("customers", ["4", "7"])
+        add_customers(instance, ["4", "7"])
         yield instance
 
 
-def _assert_all_pass(checks: dict[str, dg.AssetCheckEvaluation], key: str) -> None:
-    assert set(checks) == ALL_CHECKS
+def _assert_all_pass(
+    checks: dict[str, dg.AssetCheckEvaluation], key: str, names: set[str] = ALL_CHECKS
+) -> None:
+    assert set(checks) == names
     for name, evaluation in checks.items():
         assert evaluation.passed, f"{name}: {evaluation.description}"
         assert evaluation.partition == key
@@ -101,18 +108,16 @@ def test_checks_pass_after_an_s3_export_and_fail_when_it_is_truncated(
     s3_endpoint: str,
     bucket: str,
 ) -> None:
-    storage = S3ExportIOManager(
-        s3=ExportS3Resource(endpoint_url=s3_endpoint), bucket=bucket, part_size_bytes=MIN_PART_SIZE
-    )
+    storage = s3_storage(s3_endpoint, bucket)
     exports = Exports(instance, demo_spec, demo_spec.datasets["events"], demo_dsn, storage)
     recorded, checks = exports.materialize(KEY)
     _assert_all_pass(checks, KEY)
     uri = recorded["uri"]
     assert checks[FILE_PRESENT].metadata["size_bytes"].value == recorded["size_bytes"]
-    footer = checks[ROW_COUNT].metadata
+    footer = checks[ROW_COUNT_CHECK].metadata
     assert footer["footer_rows"].value == recorded["dagster/row_count"] > 0
     # The result is recorded per partition: this one has a passing result, another none.
-    check_key = dg.AssetCheckKey(dg.AssetKey(["exports", "events"]), FILE_PRESENT)
+    check_key = dg.AssetCheckKey(export_asset_key("events"), FILE_PRESENT)
     infos = instance.event_log_storage.get_asset_check_partition_info(
         [check_key], partition_keys=[KEY, "7|2025-05-01"]
     )
@@ -124,15 +129,14 @@ def test_checks_pass_after_an_s3_export_and_fail_when_it_is_truncated(
     boto3.client("s3", endpoint_url=s3_endpoint).put_object(
         Bucket=bucket, Key=key, Body=b"PAR1 truncated"
     )
-    later = exports.check(KEY)
+    later = exports.check_one(KEY)
     assert set(later) == ALL_CHECKS and later[FILE_PRESENT].partition == KEY
     assert not later[FILE_PRESENT].passed
     assert later[FILE_PRESENT].severity == dg.AssetCheckSeverity.ERROR
     assert later[FILE_PRESENT].description == (
-        f"{uri}: recorded {recorded['size_bytes']} bytes, found 14 bytes; "
-        "re-materialize the partition"
+        f"{uri}: recorded {recorded['size_bytes']} bytes, found 14; re-materialize the partition"
     )
-    assert not later[ROW_COUNT].passed and uri in (later[ROW_COUNT].description or "")
+    assert not later[ROW_COUNT_CHECK].passed and uri in (later[ROW_COUNT_CHECK].description or "")
     assert later[NOT_EMPTY].passed and later[SCHEMA].passed  # from the records, not the file
     [info] = instance.event_log_storage.get_asset_check_partition_info(
         [check_key], partition_keys=[KEY]
@@ -143,45 +147,95 @@ def test_checks_pass_after_an_s3_export_and_fail_when_it_is_truncated(
 def test_checks_pass_after_a_local_export_and_fail_when_it_is_truncated_or_deleted(
     instance: dg.DagsterInstance, demo_spec: ExportSpec, demo_dsn: str, tmp_path: Path
 ) -> None:
-    storage = LocalExportIOManager(base_dir=str(tmp_path))
+    storage = local_storage(tmp_path)
     exports = Exports(instance, demo_spec, demo_spec.datasets["invoices"], demo_dsn, storage)
     recorded, checks = exports.materialize(KEY)
-    _assert_all_pass(checks, KEY)
-    rows = checks[ROW_COUNT]
-    assert rows.metadata["checked"].value is False  # csv.gz: not downloaded to count
-    assert "not verified for csv" in (rows.description or "")
+    # csv.gz: no row count check at all (it would mean downloading the file to count)
+    _assert_all_pass(checks, KEY, TEXT_CHECKS)
 
     path = Path(recorded["uri"])
     assert path == tmp_path / "exports/4/2025-05/invoices.csv.gz"
     with path.open("r+b") as f:
         f.truncate(recorded["size_bytes"] - 1)
-    truncated = exports.check(KEY)[FILE_PRESENT]
+    truncated = exports.check_one(KEY)[FILE_PRESENT]
     assert not truncated.passed
     assert truncated.description == (
-        f"{path}: recorded {recorded['size_bytes']} bytes, found {recorded['size_bytes'] - 1} "
-        "bytes; re-materialize the partition"
+        f"{path}: recorded {recorded['size_bytes']} bytes, found {recorded['size_bytes'] - 1}; "
+        "re-materialize the partition"
     )
     path.unlink()
-    deleted = exports.check(KEY)
+    deleted = exports.check_one(KEY)
+    assert set(deleted) == TEXT_CHECKS
     assert not deleted[FILE_PRESENT].passed
-    assert f"{path}: recorded" in (deleted[FILE_PRESENT].description or "")
-    assert "found missing" in (deleted[FILE_PRESENT].description or "")
-    assert not deleted[ROW_COUNT].passed
+    assert deleted[FILE_PRESENT].description == f"{path}: missing; re-materialize the partition"
 
 
 def test_checks_of_an_unmaterialized_partition_fail_clearly(
     instance: dg.DagsterInstance, demo_spec: ExportSpec, demo_dsn: str, tmp_path: Path
 ) -> None:
-    storage = LocalExportIOManager(base_dir=str(tmp_path))
-    exports = Exports(instance, demo_spec, demo_spec.datasets["orders"], demo_dsn, storage)
-    checks = exports.check("7|2025-02-01")
-    assert set(checks) == ALL_CHECKS
+    exports = Exports(
+        instance, demo_spec, demo_spec.datasets["orders"], demo_dsn, local_storage(tmp_path)
+    )
+    checks = exports.check_one("7|2025-02-01")
+    assert set(checks) == TEXT_CHECKS
     for evaluation in checks.values():
         assert not evaluation.passed
         assert evaluation.partition == "7|2025-02-01"
         assert evaluation.description == (
             "exports/orders 7|2025-02-01 has not been materialized: nothing to check"
         )
+
+
+def test_checks_alone_over_a_range_evaluate_every_partition(
+    instance: dg.DagsterInstance, demo_spec: ExportSpec, demo_dsn: str, tmp_path: Path
+) -> None:
+    """A check-only run of a range (as *Execute* of a backfill's checks launches): a result per
+    partition and check, each from that partition's own record."""
+    exports = Exports(
+        instance, demo_spec, demo_spec.datasets["events"], demo_dsn, local_storage(tmp_path)
+    )
+    exports.materialize("4|2025-05-01")
+    result = exports.check(("4|2025-04-01", "7|2025-05-01"))
+    found = {(e.partition, e.check_name): e for e in result.get_asset_check_evaluations()}
+    keys = ["4|2025-04-01", "4|2025-05-01", "7|2025-04-01", "7|2025-05-01"]
+    assert set(found) == {(k, name) for k in keys for name in ALL_CHECKS}
+    assert {k for k, name in found if found[k, name].passed} == {"4|2025-05-01"}
+    assert all(found["4|2025-05-01", name].passed for name in ALL_CHECKS)
+    assert found["7|2025-04-01", FILE_PRESENT].description == (
+        "exports/events 7|2025-04-01 has not been materialized: nothing to check"
+    )
+
+
+def test_a_storage_error_fails_only_that_partitions_checks(
+    instance: dg.DagsterInstance,
+    demo_spec: ExportSpec,
+    demo_dsn: str,
+    s3_faults: tuple[str, Faults],
+    bucket: str,
+) -> None:
+    """S3 refuses to show one object (403, not retried): that partition's file checks fail,
+    naming the object and the refusal; the other partition's pass, and the run goes on."""
+    url, faults = s3_faults
+    exports = Exports(
+        instance, demo_spec, demo_spec.datasets["events"], demo_dsn, s3_storage(url, bucket)
+    )
+    keys = ("4|2025-05-01", "7|2025-05-01")
+    materialize(instance, exports.defs, keys, raise_on_error=True)
+    refused = recorded(instance, "events", keys[0])
+    assert refused is not None
+    faults.fail_next("GET", "/4/2025-05/events.", 1, status=403, code="AccessDenied")
+    result = exports.check(keys)
+    found = {(e.partition, e.check_name): e for e in result.get_asset_check_evaluations()}
+    assert faults.injected == 1
+    assert all(found[keys[1], name].passed for name in ALL_CHECKS)
+    failed = found[keys[0], FILE_PRESENT]
+    assert not failed.passed and failed.severity == dg.AssetCheckSeverity.ERROR
+    assert failed.description == (
+        f"cannot look at {refused['uri']}: An error occurred (AccessDenied) when calling the "
+        "GetObject operation: injected by the test (permanent)"
+    )
+    assert not found[keys[0], ROW_COUNT_CHECK].passed
+    assert found[keys[0], NOT_EMPTY].passed and found[keys[0], SCHEMA].passed  # from records
 
 
 @pytest.fixture
@@ -208,8 +262,7 @@ TINY = DatasetSpec(
 def test_an_empty_month_after_rows_warns(
     instance: dg.DagsterInstance, demo_spec: ExportSpec, tiny_dsn: str, tmp_path: Path
 ) -> None:
-    storage = LocalExportIOManager(base_dir=str(tmp_path))
-    exports = Exports(instance, demo_spec, TINY, tiny_dsn, storage)
+    exports = Exports(instance, demo_spec, TINY, tiny_dsn, local_storage(tmp_path))
     _, january = exports.materialize("7|2025-01-01")
     _assert_all_pass(january, "7|2025-01-01")
     assert "2024-12 was not exported" in (january[NOT_EMPTY].description or "")
@@ -220,15 +273,14 @@ def test_an_empty_month_after_rows_warns(
     assert empty.severity == dg.AssetCheckSeverity.WARN
     assert empty.description == "no rows this month, 2 in 2025-01"
     assert empty.metadata["previous_rows"].value == 2
-    assert february[FILE_PRESENT].passed and february[ROW_COUNT].passed
+    assert february[FILE_PRESENT].passed and february[ROW_COUNT_CHECK].passed
     assert february[SCHEMA].passed
 
 
 def test_a_schema_change_from_the_previous_month_warns(
     instance: dg.DagsterInstance, demo_spec: ExportSpec, tiny_dsn: str, tmp_path: Path
 ) -> None:
-    storage = LocalExportIOManager(base_dir=str(tmp_path))
-    exports = Exports(instance, demo_spec, TINY, tiny_dsn, storage)
+    exports = Exports(instance, demo_spec, TINY, tiny_dsn, local_storage(tmp_path))
     exports.materialize("7|2025-01-01")
     with psycopg.connect(tiny_dsn, autocommit=True) as conn:
         conn.execute(
@@ -241,8 +293,12 @@ def test_a_schema_change_from_the_previous_month_warns(
     assert schema.severity == dg.AssetCheckSeverity.WARN
     assert schema.metadata["added"].value == ["note text"]
     assert schema.metadata["removed"].value == []
-    [changed] = schema.metadata["changed"].value
-    assert changed.startswith("amount: int") and changed.endswith("-> text")
+    [changed] = schema.metadata["changed"].value  # type: ignore[misc]
+    assert (
+        isinstance(changed, str)
+        and changed.startswith("amount: int")
+        and changed.endswith("-> text")
+    )
     assert "columns differ from 2025-01: added note text; changed amount" in (
         schema.description or ""
     )
@@ -256,16 +312,16 @@ def test_code_location_runs_the_checks_with_the_exports(monkeypatch: pytest.Monk
     monkeypatch.setenv("EXPORT_STORAGE_DIR", "/tmp/export-storage")
     defs = importlib.import_module("export_pipeline.definitions").defs()
     expected = {
-        dg.AssetCheckKey(dg.AssetKey(["exports", d]), name)
+        dg.AssetCheckKey(export_asset_key(d), name)
         for d in ("events", "orders", "invoices")
-        for name in ALL_CHECKS
+        for name in (ALL_CHECKS if d == "events" else TEXT_CHECKS)  # only Parquet counts rows
     }
     assert set(defs.resolve_asset_graph().asset_check_keys) == expected
     for job_name in ("exports_job", export_checks_job.name):
         job = defs.resolve_job_def(job_name)
         assert set(job.asset_layer.asset_graph.asset_check_keys) >= expected, job_name
     # A run request naming datasets only (the requests sensor) gets their checks too.
-    events = dg.AssetKey(["exports", "events"])
+    events = export_asset_key("events")
     subset = defs.resolve_job_def("exports_job").get_subset(asset_selection={events})
     assert set(subset.asset_layer.asset_graph.asset_check_keys) == {
         k for k in expected if k.asset_key == events

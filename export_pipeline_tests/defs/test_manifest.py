@@ -1,4 +1,4 @@
-"""`exports_manifest` and the monthly job's manifests: real runs, PostgreSQL, S3 through the SigV4
+"""`exports_manifest`: real runs (one partition, a range), PostgreSQL, S3 through the SigV4
 proxy or a folder, and a real HTTP receiver for the completion webhook."""
 
 from __future__ import annotations
@@ -7,32 +7,38 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import logging
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import psycopg
 import pytest
 
 from export_pipeline.completion import CompletionNotifier
-from export_pipeline.defs.assets import build_export_asset
-from export_pipeline.defs.manifest import MANIFEST_ASSET_KEY, build_manifest_asset
-from export_pipeline.defs.partitions import build_export_partitions_def
-from export_pipeline.io_managers.exports import (
-    EXPORTS_IO_MANAGER_KEY,
-    LocalExportIOManager,
-    S3ExportIOManager,
-)
+from export_pipeline.defs.manifest import MANIFEST_ASSET_KEY
+from export_pipeline.extract.session import lock_key
+from export_pipeline.io_managers.exports import FAILED_PARTITIONS
+from export_pipeline.io_managers.metadata import export_asset_key, latest_records
+from export_pipeline.partitions import split_partition_key
 from export_pipeline.resources.delivery import DeliveryWebhookResource
-from export_pipeline.resources.s3 import ExportS3Resource
-from export_pipeline.resources.source import PostgresSourceResource
-from export_pipeline.settings import DELIVERY_WEBHOOK_KEY
+from export_pipeline.resources.storage import ExportStorageResource
 from export_pipeline.spec import ExportSpec
 from export_pipeline.storage.local import LocalObjectStore
 from export_pipeline.storage.s3 import MIN_PART_SIZE
 from export_pipeline.webhook import WebhookConfig
 from export_pipeline_tests.defs.test_alerts import receiver
-from export_pipeline_tests.defs.test_monthly import _run_month as run_month
+from export_pipeline_tests.harness import (
+    add_customers,
+    export_definitions,
+    export_resources,
+    local_storage,
+    materialize,
+    s3_storage,
+)
 from export_pipeline_tests.helpers import files_under
 from export_pipeline_tests.manifest_helpers import (
     check_delivery,
@@ -42,34 +48,23 @@ from export_pipeline_tests.manifest_helpers import (
 )
 
 SECRET = "whsec-delivery-0815"
-KEY = dg.MultiPartitionKey({"customer": "2", "month": "2025-03-01"})
+KEY = "2|2025-03-01"
 FOLDER = "exports/2/2025-03"
-
-
-def _assets(spec: ExportSpec) -> list[dg.AssetsDefinition]:
-    pdef = build_export_partitions_def(spec.months_start)
-    exports = [build_export_asset(d, pdef, retry_policy=None) for d in spec.datasets.values()]
-    return [*exports, build_manifest_asset(spec, pdef, retry_policy=None)]
 
 
 def _materialize(
     instance: dg.DagsterInstance,
     spec: ExportSpec,
     dsn: str,
-    storage: dg.ConfigurableIOManager,
+    storage: ExportStorageResource,
     webhook: DeliveryWebhookResource | None = None,
+    partitions: str | tuple[str, str] = KEY,
+    selection: list[dg.AssetKey] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        _assets(spec),
-        partition_key=KEY,
-        instance=instance,
-        resources={
-            "source": PostgresSourceResource(dsn=dsn),
-            EXPORTS_IO_MANAGER_KEY: storage,
-            DELIVERY_WEBHOOK_KEY: webhook or DeliveryWebhookResource(),
-        },
-        raise_on_error=False,
-    )
+    """A run of the spec's exports, checks and manifest (no retries: failures here are meant)."""
+    resources = export_resources(dsn, storage, delivery_webhook=webhook)
+    defs = export_definitions(spec, resources, retry_policy=None)
+    return materialize(instance, defs, partitions, selection=selection)
 
 
 def _metadata(result: dg.ExecuteInProcessResult, asset_key: dg.AssetKey) -> dict[str, Any]:
@@ -92,12 +87,10 @@ def test_manifest_asset_writes_last_and_posts_a_signed_webhook_retried_after_a_5
         receiver([500]) as hook,
         dg.instance_for_test() as instance,
     ):
-        instance.add_dynamic_partitions("customers", ["2"])
-        storage = S3ExportIOManager(
-            s3=ExportS3Resource(endpoint_url=store.config.endpoint_url),
-            bucket=store.config.bucket,
-            part_size_bytes=MIN_PART_SIZE,
-        )
+        add_customers(instance, ["2"])
+        endpoint = store.config.endpoint_url
+        assert endpoint is not None
+        storage = s3_storage(endpoint, store.config.bucket, part_size_bytes=MIN_PART_SIZE)
         webhook = DeliveryWebhookResource(url=hook.url, secret=SECRET, backoff_seconds=0.01)
         result = _materialize(instance, demo_spec, demo_dsn, storage, webhook)
         assert result.success
@@ -151,10 +144,10 @@ def _break(spec: ExportSpec, dataset: str) -> ExportSpec:
 def test_a_failed_dataset_means_no_manifest_and_a_good_rerun_writes_it(
     demo_spec: ExportSpec, demo_dsn: str, tmp_path: Path
 ) -> None:
-    storage = LocalExportIOManager(base_dir=str(tmp_path))
+    storage = local_storage(tmp_path)
     store = LocalObjectStore(tmp_path)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("customers", ["2"])
+        add_customers(instance, ["2"])
         assert _materialize(instance, demo_spec, demo_dsn, storage).success
         first = check_delivery(store, FOLDER)
 
@@ -180,86 +173,89 @@ def test_a_failed_dataset_means_no_manifest_and_a_good_rerun_writes_it(
         assert (md["webhook_delivered"], md["webhook_attempts"]) == (False, 0)
         assert "EXPORT_DELIVERY_WEBHOOK_SECRET is not" in md["webhook_error"]
         history = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=MANIFEST_ASSET_KEY, asset_partitions=[str(KEY)]),
+            dg.AssetRecordsFilter(asset_key=MANIFEST_ASSET_KEY, asset_partitions=[KEY]),
             limit=10,
         ).records
         assert len(history) == 2  # the failed run recorded none
 
 
-def _run_month(
-    instance: dg.DagsterInstance,
-    spec: ExportSpec,
-    dsn: str,
-    root: Path,
-    config: dict[str, Any] | None = None,
-    webhook: DeliveryWebhookResource | None = None,
-) -> dg.ExecuteInProcessResult:
-    return run_month(instance, spec, dsn, root, "2025-03-01", config, webhook)
-
-
-def _manifest_events(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]:
-    return {
-        str(e.partition): {k: v.value for k, v in e.metadata.items()}
-        for e in result.asset_materializations_for_node("export_month")
-        if e.asset_key == MANIFEST_ASSET_KEY
-    }
-
-
-def test_monthly_job_writes_each_complete_customers_manifest_and_posts_it(
+def test_a_ranged_run_writes_and_posts_each_customer_months_manifest(
     demo_spec: ExportSpec, demo_dsn: str, tmp_path: Path
 ) -> None:
     store = LocalObjectStore(tmp_path)
+    keys = ["2|2025-03-01", "3|2025-03-01", "2|2025-04-01", "3|2025-04-01"]
     with receiver([]) as hook, dg.instance_for_test() as instance:
-        # customer "x-..." fails every dataset (the source's key is a number): no manifest
-        instance.add_dynamic_partitions("customers", ["2", "x-not-a-number"])
+        add_customers(instance, ["2", "3"])
         webhook = DeliveryWebhookResource(url=hook.url, secret=SECRET)
-        result = _run_month(instance, demo_spec, demo_dsn, tmp_path, webhook=webhook)
-        assert not result.success
-        manifests = _manifest_events(result)
-        assert list(manifests) == ["2|2025-03-01"]
-        md = manifests["2|2025-03-01"]
-        manifest = check_delivery(store, FOLDER)
-        assert md["sha256"] == read_bytes(store, f"{FOLDER}/_SUCCESS").decode()
-        assert (md["webhook_delivered"], md["webhook_attempts"], md["webhook_status_code"]) == (
-            True,
-            1,
-            200,
+        result = _materialize(
+            instance, demo_spec, demo_dsn, local_storage(tmp_path), webhook, (keys[0], keys[-1])
         )
-        assert not (tmp_path / "exports/x-not-a-number").exists()
-        [(headers, body)] = hook.received
-        assert _signed(headers, body) and json.loads(body)["manifest"] == manifest
-        # as the asset's partition status sees it
-        assert instance.get_materialized_partitions(MANIFEST_ASSET_KEY) == {"2|2025-03-01"}
-        for name, entry in manifest["datasets"].items():
-            assert entry["snapshot_at"] is not None, name
+        assert result.success
+        manifests = latest_records(instance, MANIFEST_ASSET_KEY, keys)
+        assert set(manifests) == set(keys)
+        assert instance.get_materialized_partitions(MANIFEST_ASSET_KEY) == set(keys)
+        posted = {}
+        for headers, body in hook.received:
+            assert _signed(headers, body)
+            payload = json.loads(body)
+            posted[f"{payload['customer']}|{payload['month']}-01"] = payload
+        assert sorted(posted) == sorted(keys)  # one post per customer-month
+        for key, record in manifests.items():
+            customer, month = key.split("|")
+            folder = f"exports/{customer}/{month[:7]}"
+            manifest = check_delivery(store, folder)
+            md = record.metadata
+            assert md["sha256"] == read_bytes(store, f"{folder}/_SUCCESS").decode()
+            assert (md["webhook_delivered"], md["webhook_attempts"]) == (True, 1)
+            assert md["webhook_status_code"] == 200
+            assert posted[key]["manifest"] == manifest
+            assert posted[key]["run_id"] == result.run_id
+            for name, entry in manifest["datasets"].items():
+                file = latest_records(instance, export_asset_key(name), [key])[key]
+                assert entry["sha256"] == file.metadata["sha256"], (key, name)
+                assert entry["snapshot_at"] is not None, name
 
 
-def test_monthly_job_narrowed_to_one_dataset_lists_the_others_as_recorded(
+def test_a_manifest_waits_for_every_dataset_and_lists_the_others_as_recorded(
     demo_spec: ExportSpec, demo_dsn: str, tmp_path: Path
 ) -> None:
+    """A run of one dataset and the manifest: customer-months without a file of every dataset
+    get no manifest (each its own failed partition); once they have one, a run of one dataset
+    lists the others as recorded."""
     store = LocalObjectStore(tmp_path)
+    storage = local_storage(tmp_path)
+    keys = ("2|2025-03-01", "3|2025-03-01")
+    only_orders = [export_asset_key("orders"), MANIFEST_ASSET_KEY]
+    folders = ["exports/2/2025-03", "exports/3/2025-03"]
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("customers", ["2"])
-        # nothing recorded for events and invoices yet: no manifest
-        only = _run_month(instance, demo_spec, demo_dsn, tmp_path, {"datasets": ["orders"]})
-        assert only.success and not _manifest_events(only)
-        assert f"{FOLDER}/manifest.json" not in files_under(tmp_path)
+        add_customers(instance, ["2", "3"])
+        only = _materialize(instance, demo_spec, demo_dsn, storage, None, keys, only_orders)
+        assert not only.success
+        [failure] = only.get_step_failure_events()
+        assert failure.step_key == "exports_manifest"
+        user = failure.step_failure_data.user_failure_data
+        assert user is not None
+        rows = user.metadata[FAILED_PARTITIONS].value
+        assert isinstance(rows, list)
+        assert [r["partition"] for r in rows] == list(keys)
+        assert all("no usable file of ['events', 'invoices']" in r["error"] for r in rows)
+        assert not any(f.endswith("manifest.json") for f in files_under(tmp_path))
 
-        assert _run_month(instance, demo_spec, demo_dsn, tmp_path).success
-        full = check_delivery(store, FOLDER)
-        redo = _run_month(instance, demo_spec, demo_dsn, tmp_path, {"datasets": ["orders"]})
-        assert redo.success and list(_manifest_events(redo)) == ["2|2025-03-01"]
-        narrowed = check_delivery(store, FOLDER)
-        assert narrowed["datasets"]["events"] == full["datasets"]["events"]
-        assert (
-            narrowed["datasets"]["orders"]["snapshot_at"]
-            > full["datasets"]["orders"]["snapshot_at"]
-        )
+        assert _materialize(instance, demo_spec, demo_dsn, storage, None, keys).success
+        full = {folder: check_delivery(store, folder) for folder in folders}
+        redo = _materialize(instance, demo_spec, demo_dsn, storage, None, keys, only_orders)
+        assert redo.success
+        for folder in folders:
+            narrowed = check_delivery(store, folder)
+            assert narrowed["datasets"]["events"] == full[folder]["datasets"]["events"]
+            assert (
+                narrowed["datasets"]["orders"]["snapshot_at"]
+                > full[folder]["datasets"]["orders"]["snapshot_at"]
+            )
 
 
-def test_a_run_stops_posting_once_the_receiver_is_down(demo_spec: ExportSpec) -> None:
+def test_a_run_stops_posting_once_the_receiver_is_down() -> None:
     """After `max_failures_in_a_row` deliveries got only 5xx, the rest are not sent."""
-    del demo_spec
     with receiver([503] * 10) as hook:
         config = WebhookConfig(hook.url, SECRET, max_attempts=2, backoff_seconds=0.01)
         notifier = CompletionNotifier(config, max_failures_in_a_row=2)
@@ -282,3 +278,96 @@ def test_a_4xx_or_a_success_resets_nothing_and_is_not_retried(statuses: list[int
     assert [o.attempts for o in outcomes] == [1, 1, 1]  # answered at once, never skipped
     assert {o.status for o in outcomes} == {statuses[0]}
     assert len(hook.received) == 3
+
+
+def test_a_file_not_as_recorded_fails_only_its_customer_months_manifest(
+    demo_spec: ExportSpec, demo_dsn: str, tmp_path: Path
+) -> None:
+    """A manifest-only run of a range in which one dataset's file is gone: that customer-month
+    fails (the log names the file), the other's manifest is written."""
+    storage = local_storage(tmp_path)
+    keys = ("2|2025-03-01", "3|2025-03-01")
+    with dg.instance_for_test() as instance:
+        add_customers(instance, ["2", "3"])
+        assert _materialize(instance, demo_spec, demo_dsn, storage, None, keys).success
+        gone = tmp_path / "exports/2/2025-03/events.parquet"
+        gone.unlink()
+        (tmp_path / "exports/3/2025-03/_SUCCESS").unlink()
+        again = _materialize(
+            instance, demo_spec, demo_dsn, storage, None, keys, [MANIFEST_ASSET_KEY]
+        )
+        assert not again.success
+        [failure] = again.get_step_failure_events()
+        user = failure.step_failure_data.user_failure_data
+        assert user is not None
+        [row] = user.metadata[FAILED_PARTITIONS].value  # type: ignore[misc]
+        assert row["partition"] == keys[0] and "no usable file of ['events']" in row["error"]
+        warnings = [
+            r.user_message for r in instance.all_logs(again.run_id) if r.level == logging.WARNING
+        ]
+        assert [w for w in warnings if w.startswith(f"loading exports/events {keys[0]}")]
+        check_delivery(LocalObjectStore(tmp_path), "exports/3/2025-03")  # written again
+        assert not (tmp_path / "exports/2/2025-03/_SUCCESS").exists()  # withdrawn, not written
+
+
+def test_a_file_replaced_while_the_manifest_waited_for_its_lock_is_listed_as_replaced(
+    demo_spec: ExportSpec, demo_dsn: str, tmp_path: Path
+) -> None:
+    """A manifest-only run loads the files' records, then waits for the customer-month's lock
+    (another run is writing it). What that run recorded meanwhile is what the manifest lists."""
+    store = LocalObjectStore(tmp_path)
+    storage = local_storage(tmp_path)
+    orders = export_asset_key("orders")
+    with dg.instance_for_test() as instance:
+        add_customers(instance, ["2"])
+        assert _materialize(instance, demo_spec, demo_dsn, storage).success
+        before = latest_records(instance, orders, [KEY])[KEY]
+        customer, month = split_partition_key(KEY)
+        holder = psycopg.connect(demo_dsn, autocommit=True)
+        holder.execute(
+            "SELECT pg_advisory_lock(%s)", (lock_key(store.location, customer, str(month)),)
+        )
+        outcome: list[dg.ExecuteInProcessResult] = []
+        manifest_only = threading.Thread(
+            target=lambda: outcome.append(
+                _materialize(
+                    instance, demo_spec, demo_dsn, storage, None, KEY, [MANIFEST_ASSET_KEY]
+                )
+            )
+        )
+        try:
+            manifest_only.start()
+            _wait_for_a_lock_waiter(demo_dsn, holder.info.backend_pid)
+            # the other run records a new file of orders (same object here: only its record
+            # differs, which is what the manifest must follow)
+            replaced = {**before.recorded, "sha256": dg.MetadataValue.text("0" * 64)}
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(asset_key=orders, partition=KEY, metadata=replaced)
+            )
+        finally:
+            holder.close()  # the other run ends: its lock with it
+            manifest_only.join(60)
+        [result] = outcome
+        assert result.success
+        manifest = check_delivery_listing(store, FOLDER)
+        assert manifest["datasets"]["orders"]["sha256"] == "0" * 64
+
+
+def check_delivery_listing(store: LocalObjectStore, folder: str) -> dict[str, Any]:
+    """The manifest as written (its entries, without comparing them to the bytes)."""
+    return json.loads(read_bytes(store, f"{folder}/manifest.json"))
+
+
+def _wait_for_a_lock_waiter(dsn: str, holder_pid: int) -> None:
+    """Until a backend waits for an advisory lock that `holder_pid` holds (polled, bounded)."""
+    deadline = time.monotonic() + 30
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                (holder_pid,),
+            ).fetchone()
+            if row and row[0] > 0:
+                return
+            time.sleep(0.05)  # polling a condition, bounded by the deadline
+    raise AssertionError("no backend waited for the held lock")

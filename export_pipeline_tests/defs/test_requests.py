@@ -9,30 +9,37 @@ import psycopg
 import pytest
 
 from export_pipeline.defs.requests import (
+    build_export_requests_sensor,
     export_request_failed_sensor,
     export_request_started_sensor,
     export_request_succeeded_sensor,
-    export_requests_sensor,
 )
 from export_pipeline.resources.state import ExportStateResource
-from export_pipeline.spec import ExportSpec
+from export_pipeline.spec import ExportSpec, load_spec
 from export_pipeline.state.db import StateDatabaseError
 from export_pipeline.state.requests import get_request, submit_request
 from export_pipeline_tests.defs.run_helpers import (
     UNREACHABLE_SOURCE,
     failure_context,
-    run_exports_job,
     status_context,
+)
+from export_pipeline_tests.harness import (
+    add_customers,
+    export_definitions,
+    export_resources,
+    local_storage,
+    materialize,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The sensor of the shipped spec, as the code location builds it.
+export_requests_sensor = build_export_requests_sensor(load_spec(REPO_ROOT / "exports.yaml"))
 
 
 @pytest.fixture
-def instance(monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
-    monkeypatch.setenv("EXPORT_SPEC", str(REPO_ROOT / "exports.yaml"))
+def instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("customers", ["1", "2", "3"])
+        add_customers(instance, ["1", "2", "3"])
         yield instance
 
 
@@ -43,6 +50,25 @@ def _tick(instance: dg.DagsterInstance, dsn: str, cursor: str | None) -> dg.Sens
     result = export_requests_sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result
+
+
+def _run(
+    instance: dg.DagsterInstance,
+    spec: ExportSpec,
+    source_dsn: str,
+    storage_dir: Path,
+    request: dg.RunRequest,
+) -> dg.DagsterRun:
+    """The run a request asks for: its partition, datasets and tags (no retries)."""
+    resources = export_resources(source_dsn, local_storage(storage_dir))
+    defs = export_definitions(spec, resources, retry_policy=None)
+    return materialize(
+        instance,
+        defs,
+        request.partition_key or "",
+        selection=request.asset_selection,
+        tags=request.tags,
+    ).dagster_run
 
 
 def _keys(result: dg.SensorResult) -> list[str]:
@@ -146,15 +172,7 @@ def test_a_successful_run_records_the_file_uris(
     tmp_path: Path,
 ) -> None:
     rr = _queued_run(instance, scratch_dsn, ["invoices", "orders"])
-    run = run_exports_job(
-        instance,
-        demo_spec,
-        demo_dsn,
-        tmp_path,
-        rr.partition_key or "",
-        rr.asset_selection or [],
-        rr.tags,
-    )
+    run = _run(instance, demo_spec, demo_dsn, tmp_path, rr)
     assert run.status == dg.DagsterRunStatus.SUCCESS
     request_id = int(rr.tags["export/request_id"])
     resources = {"state": ExportStateResource(dsn=scratch_dsn)}
@@ -179,15 +197,7 @@ def test_a_failed_run_records_the_error_and_other_runs_are_ignored(
     instance: dg.DagsterInstance, scratch_dsn: str, demo_spec: ExportSpec, tmp_path: Path
 ) -> None:
     rr = _queued_run(instance, scratch_dsn, ["invoices"])
-    run = run_exports_job(
-        instance,
-        demo_spec,
-        UNREACHABLE_SOURCE,
-        tmp_path,
-        rr.partition_key or "",
-        rr.asset_selection or [],
-        rr.tags,
-    )
+    run = _run(instance, demo_spec, UNREACHABLE_SOURCE, tmp_path, rr)
     assert run.status == dg.DagsterRunStatus.FAILURE
     resources = {"state": ExportStateResource(dsn=scratch_dsn)}
     export_request_failed_sensor(failure_context(instance, run, "failed", resources))
@@ -196,13 +206,12 @@ def test_a_failed_run_records_the_error_and_other_runs_are_ignored(
     assert "cannot connect to the source database" in (request.error or "")
     assert "pw-source-123" not in (request.error or "")
 
-    other = run_exports_job(
+    other = _run(
         instance,
         demo_spec,
         UNREACHABLE_SOURCE,
         tmp_path,
-        rr.partition_key or "",
-        rr.asset_selection or [],
+        dg.RunRequest(partition_key=rr.partition_key, asset_selection=rr.asset_selection),
     )
     skipped = export_request_failed_sensor(failure_context(instance, other, "failed", resources))
     assert isinstance(skipped, dg.SkipReason)

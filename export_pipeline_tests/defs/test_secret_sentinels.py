@@ -14,27 +14,26 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pytest
-from dagster._serdes import serialize_value
 
 from export_pipeline.defs.alerts import export_failure_sensor
-from export_pipeline.defs.assets import build_export_asset
-from export_pipeline.defs.jobs import exports_job
-from export_pipeline.defs.partitions import build_export_partitions_def
 from export_pipeline.defs.requests import REQUEST_ID_TAG, export_request_failed_sensor
-from export_pipeline.io_managers.exports import (
-    EXPORTS_IO_MANAGER_KEY,
-    LocalExportIOManager,
-    S3ExportIOManager,
-)
+from export_pipeline.io_managers.metadata import export_asset_key
 from export_pipeline.resources.alerts import AlertWebhookResource
 from export_pipeline.resources.s3 import ExportS3Resource
-from export_pipeline.resources.source import PostgresSourceResource
 from export_pipeline.resources.state import ExportStateResource
+from export_pipeline.resources.storage import ExportStorageResource, S3ExportStorageResource
 from export_pipeline.spec import ExportSpec
 from export_pipeline.state.requests import get_request, submit_request
 from export_pipeline_tests.defs.run_helpers import failure_context
 from export_pipeline_tests.defs.test_alerts import SECRET as WEBHOOK_SECRET
 from export_pipeline_tests.defs.test_alerts import receiver
+from export_pipeline_tests.harness import (
+    add_customers,
+    export_definitions,
+    export_resources,
+    local_storage,
+    materialize,
+)
 
 PASSWORD = "sentinel-pw@7Qx9Lr"  # an unencoded "@": libpq splits the password there
 PASSWORD_PIECES = ("sentinel-pw", "7Qx9Lr")
@@ -53,23 +52,16 @@ def _run(
     instance: dg.DagsterInstance,
     spec: ExportSpec,
     source_dsn: str,
-    io_manager: dg.ConfigurableIOManager,
+    storage: ExportStorageResource,
     request_id: int,
 ) -> dg.DagsterRun:
-    partitions_def = build_export_partitions_def(spec.months_start)
-    defs = dg.Definitions(
-        assets=[build_export_asset(spec.datasets["invoices"], partitions_def, retry_policy=None)],
-        jobs=[exports_job],
-        resources={
-            "source": PostgresSourceResource(dsn=source_dsn),
-            EXPORTS_IO_MANAGER_KEY: io_manager,
-        },
-    )
-    result = defs.resolve_job_def("exports_job").execute_in_process(
-        instance=instance,
-        partition_key=PARTITION,
+    defs = export_definitions(spec, export_resources(source_dsn, storage), retry_policy=None)
+    result = materialize(
+        instance,
+        defs,
+        PARTITION,
+        selection=[export_asset_key("invoices")],
         tags={REQUEST_ID_TAG: str(request_id)},
-        raise_on_error=False,
     )
     assert result.dagster_run.status == dg.DagsterRunStatus.FAILURE
     return result.dagster_run
@@ -104,11 +96,11 @@ def test_sentinels_stay_out_of_every_record_of_a_failed_run(
 ) -> None:
     if case == "source_password":
         source: str = LEAKY_DSN
-        io_manager: dg.ConfigurableIOManager = LocalExportIOManager(base_dir=str(tmp_path))
+        storage: ExportStorageResource = local_storage(tmp_path)
         expected = "cannot connect to the source database"
     else:
         source = demo_dsn
-        io_manager = S3ExportIOManager(
+        storage = S3ExportStorageResource(
             s3=ExportS3Resource(
                 endpoint_url=s3_endpoint,
                 aws_access_key_id="testing-key-id",
@@ -121,18 +113,18 @@ def test_sentinels_stay_out_of_every_record_of_a_failed_run(
     request_id = submit_request(scratch_dsn, "2", "2025-03", ["invoices"], "sentinel test")
     state = ExportStateResource(dsn=scratch_dsn)
     with dg.instance_for_test() as instance, receiver([]) as hook:
-        instance.add_dynamic_partitions("customers", ["2"])
-        run = _run(instance, demo_spec, source, io_manager, request_id)
+        add_customers(instance, ["2"])
+        run = _run(instance, demo_spec, source, storage, request_id)
         alerts = AlertWebhookResource(url=hook.url, secret=WEBHOOK_SECRET)
         resources = {"state": state, "alerts": alerts}
         export_failure_sensor(failure_context(instance, run, "export_failure_sensor", resources))
         export_request_failed_sensor(failure_context(instance, run, "failed", {"state": state}))
 
-        events = [serialize_value(entry) for entry in instance.all_logs(run.run_id)]
+        events = [dg.serialize_value(entry) for entry in instance.all_logs(run.run_id)]
         failure_events = [e for e in instance.all_logs(run.run_id) if e.is_dagster_event]
-        assert any(expected in serialize_value(e) for e in failure_events)
+        assert any(expected in dg.serialize_value(e) for e in failure_events)
         _assert_clean("the event log", "\n".join(events))
-        _assert_clean("the run", serialize_value(instance.get_run_by_id(run.run_id)))
+        _assert_clean("the run", dg.serialize_value(instance.get_run_by_id(run.run_id)))
         _assert_clean("the instance's files", _instance_files(instance))
 
     [(_, body)] = hook.received

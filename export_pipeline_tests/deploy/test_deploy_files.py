@@ -74,7 +74,7 @@ def test_ecs_config_loads_with_the_ecs_run_launcher(
         # A run task's environment, as the launcher builds it for each launch (it raises for a
         # listed variable the daemon does not have).
         run_env = EcsContainerContext.create_for_run(
-            dg.DagsterRun(job_name="monthly_exports_job", run_id="r1"), launcher
+            dg.DagsterRun(job_name="exports_job", run_id="r1"), launcher
         ).get_environment_dict()
         assert run_env["EXPORT_S3_BUCKET"] == "acme-customer-exports"
         assert launcher.supports_check_run_worker_health

@@ -27,7 +27,14 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from export_pipeline_tests.dagster_processes import BIN, free_port, stop_group, wait_for
+from export_pipeline_tests.dagster_processes import (
+    BIN,
+    RUN_ENV,
+    free_port,
+    port_open,
+    stop_group,
+    wait_for,
+)
 from export_pipeline_tests.deploy.dockerfile import (
     Instruction,
     copy_sources,
@@ -49,7 +56,7 @@ def steps() -> list[Instruction]:
 
 def build_stage_copies() -> list[Instruction]:
     """The COPYs before the package install (the RUN with `pip install`)."""
-    result = []
+    result: list[Instruction] = []
     for step in steps():
         if step.keyword == "RUN" and "pip install" in step.args:
             return result
@@ -69,6 +76,9 @@ def test_base_image_user_and_install_command() -> None:
     assert "." in words and "-e" not in words, "install the package itself, not editable"
     env = " ".join(s.args for s in all_steps if s.keyword == "ENV")
     assert "DAGSTER_HOME=/opt/dagster/dagster_home" in env
+    # Runs (ECS tasks, Kubernetes pods) use this image: a ranged run writes its events in
+    # batches (the end-to-end tests' services run with the same value, dagster_processes.RUN_ENV).
+    assert f"DAGSTER_EVENT_BATCH_SIZE={RUN_ENV['DAGSTER_EVENT_BATCH_SIZE']}" in env
 
 
 def test_copy_sources_exist_and_are_in_the_build_context() -> None:
@@ -220,7 +230,8 @@ def test_installed_wheel_loads_without_a_checkout(installed: Path, tmp_path: Pat
         "exports/orders",
         "exports_manifest",
     ]
-    assert "monthly_exports_job" in result["jobs"]
+    assert "exports_job" in result["jobs"]
+    assert "monthly_exports_job" not in result["jobs"]  # gone: every path runs the assets
 
 
 @pytest.fixture
@@ -253,6 +264,11 @@ def code_server(installed: Path, tmp_path: Path) -> Iterator[int]:
 
 @pytest.mark.slow
 def test_image_command_serves_the_code_location(code_server: int) -> None:
+    # The port answers first (cheap to poll); then the health check, a process each time.
+    wait_for(
+        "the code server's port", SERVER_DEADLINE_SECONDS, lambda: port_open(code_server, None)
+    )
+
     def healthy() -> bool | None:
         probe = subprocess.run(
             [str(BIN / "dagster"), "api", "grpc-health-check", "-p", str(code_server)],

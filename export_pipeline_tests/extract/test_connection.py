@@ -10,6 +10,10 @@ import pytest
 from export_pipeline.extract.arrow import arrow_connection
 from export_pipeline.extract.connection import SourceConfig, connect
 
+# The server's version matters here (session settings): CI runs these again on a second
+# PostgreSQL (.ci/run).
+pytestmark = pytest.mark.server_version
+
 SETTINGS = (
     "default_transaction_read_only",
     "statement_timeout",

@@ -46,6 +46,18 @@ def create_events(dsn: str, rows: int) -> None:
         )
 
 
+def add_customer_events(dsn: str, customer: int, first_id: int, rows: int) -> None:
+    """`rows` more rows of `customer` in March 2025, ids from `first_id` (small ones: a range
+    of partitions to export after customer 1's)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO events SELECT g, %s, date '2025-03-05', "
+            + PAD
+            + " FROM generate_series(%s::int, %s::int) AS g",
+            (customer, first_id, first_id + rows - 1),
+        )
+
+
 def held_sql(hold_row: int, lock_key: int) -> str:
     """The dataset SQL: customer 1's March rows, holding at `hold_row` on advisory lock
     `lock_key` (a transaction-level shared lock, released when the export's transaction ends)."""
@@ -57,12 +69,45 @@ def held_sql(hold_row: int, lock_key: int) -> str:
     )
 
 
-def spec_yaml(formats: dict[str, Format], hold_row: int, lock_key: int) -> str:
-    """An export spec with one held dataset per name -> format, all uncompressed."""
-    sql = held_sql(hold_row, lock_key)
+def held_first_rows_sql(lock_key: int) -> str:
+    """The dataset SQL: the customer's March rows, holding at each customer's first row
+    (`mod(id, 10000000) = 1`, see add_customer_events) on advisory lock `lock_key + customer`: a
+    range's exports can be let through one by one, whatever order they run in."""
+    return (
+        "SELECT e.id, e.customer_id, e.at, e.pad || CASE WHEN mod(e.id, 10000000) = 1 THEN"
+        f" pg_advisory_xact_lock_shared({int(lock_key)}::bigint + e.customer_id)::text ELSE '' END"
+        " AS pad FROM public.events AS e WHERE e.customer_id = %(customer)s"
+        " AND e.at >= %(month_start)s AND e.at < %(month_end)s"
+    )
+
+
+def waiting_lock_keys(conn: psycopg.Connection) -> list[int]:
+    """The advisory lock keys (below 2**32) that backends wait for."""
+    rows = conn.execute(
+        "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    ).fetchall()
+    return sorted(int(r[0]) for r in rows)
+
+
+def spec_yaml(
+    formats: dict[str, Format],
+    hold_row: int,
+    lock_key: int,
+    sql: str | None = None,
+    row_group_rows: int | None = None,
+) -> str:
+    """An export spec with one held dataset per name -> format, all uncompressed (the SQL
+    holds at row `hold_row` on `lock_key`, unless `sql` is given); Parquet datasets with
+    `row_group_rows` when given."""
+    sql = sql or held_sql(hold_row, lock_key)
     datasets = "".join(
         f'  {name}:\n    sql: "{sql}"\n    customer_column: customer_id\n'
         f"    format: {fmt.value}\n    compression: none\n"
+        + (
+            f"    row_group_rows: {row_group_rows}\n"
+            if row_group_rows and fmt is Format.PARQUET
+            else ""
+        )
         for name, fmt in formats.items()
     )
     return (

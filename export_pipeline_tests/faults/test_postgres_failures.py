@@ -3,13 +3,16 @@ terminated mid-stream (`pg_terminate_backend`), or `statement_timeout` fires whi
 is held. Real runs of the export asset (in this process), real PostgreSQL, S3 over HTTP.
 
 For every format:
-- the run fails fast: within seconds of the termination, within the timeout plus seconds;
-- nothing is under the final key and no multipart upload is left open (one was, with parts);
-- the error names the asset and the customer|month partition, and says transient (a dropped
-  connection, SQLSTATE 57P01) or permanent (statement timeout, 57014: the same query would time
-  out again; retryable.py);
-- a retry runs on a new snapshot: rows committed between the failure and the retry are in the
-  retried file, and one more run on the unchanged source writes a byte-identical file.
+- a dropped connection (SQLSTATE 57P01) is transient: with the asset's RetryPolicy the export
+  IO manager retries the partition in place, at once (the policy's delay), naming the
+  partition and the error in the run's log; the run succeeds on a new snapshot (rows committed
+  while the first try was held are in the file) and on new connections of the run's session;
+- a statement timeout (57014) is permanent: the run fails within the timeout plus seconds,
+  without a retry in place or of the step, and the failure names the asset, the
+  customer|month partition and the error, with a row marked not transient;
+- either way nothing of a failed try is left: no multipart upload (one was open, with parts)
+  and nothing under the final key but the file of a try that succeeded;
+- a later run on the unchanged source writes a byte-identical file.
 """
 
 from __future__ import annotations
@@ -24,9 +27,8 @@ import psycopg
 import pytest
 
 from export_pipeline.formats.naming import extension
-from export_pipeline.resources.source import PostgresSourceResource
 from export_pipeline.spec import Compression, Format
-from export_pipeline_tests.faults.runs import file_rows, run_export
+from export_pipeline_tests.faults.runs import RunOutcome, file_rows, run_export
 from export_pipeline_tests.faults.source import (
     CUSTOMER,
     MONTH,
@@ -38,6 +40,7 @@ from export_pipeline_tests.faults.source import (
     spec_yaml,
     wait_until,
 )
+from export_pipeline_tests.harness import FAST_RETRY
 from export_pipeline_tests.helpers import list_keys, pending_uploads
 
 ROWS = 60_000
@@ -45,15 +48,12 @@ ROWS = 60_000
 # 2 MiB, so Parquet has written a little less): more than one 5 MiB part in every format.
 HOLD_ROW = 55_000
 ROW_GROUP_ROWS = 10_000  # so Parquet has written row groups (and parts) by then too
+LATE_ROWS = 5
 FORMATS = [Format.PARQUET, Format.CSV, Format.JSONL, Format.JSON]
 
 
 def _dbname(dsn: str) -> str:
     return str(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])
-
-
-def _source(dsn: str, **kwargs: Any) -> PostgresSourceResource:
-    return PostgresSourceResource(dsn=dsn, parquet_row_group_rows=ROW_GROUP_ROWS, **kwargs)
 
 
 def _key(name: str, fmt: Format) -> str:
@@ -72,30 +72,35 @@ def _uploaded_parts(s3_client: Any, bucket: str) -> int:
     )
 
 
-def _retry_sees_a_new_snapshot(
+def _add_late_rows(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO events SELECT g, 1, date '2025-03-15', 'late'"
+            " FROM generate_series(%s::int, %s::int) AS g",
+            (ROWS + 1, ROWS + LATE_ROWS),
+        )
+
+
+def _has_the_late_rows(outcome: RunOutcome, fmt: Format, data: bytes) -> None:
+    rows = file_rows(fmt, data)
+    assert len(rows) == outcome.row_count == ROWS + LATE_ROWS
+    assert sum(1 for r in rows if r["pad"] == "late") == LATE_ROWS
+
+
+def _again_byte_identical(
     instance: dg.DagsterInstance,
     spec: str,
     name: str,
     fmt: Format,
     dsn: str,
     s3: tuple[str, str, Any],
+    first: bytes,
 ) -> None:
+    """One more run on the unchanged source writes the same bytes, and only them."""
     endpoint, bucket, s3_client = s3
-    with psycopg.connect(dsn, autocommit=True) as conn:  # committed after the failure
-        conn.execute(
-            "INSERT INTO events SELECT g, 1, date '2025-03-15', 'late'"
-            " FROM generate_series(%s::int, %s::int) AS g",
-            (ROWS + 1, ROWS + 5),
-        )
-    retried = run_export(instance, spec, name, _source(dsn), endpoint, bucket)
-    assert retried.success, retried.error
-    key = _key(name, fmt)
-    first = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    rows = file_rows(fmt, first)
-    assert len(rows) == retried.row_count == ROWS + 5
-    assert sum(1 for r in rows if r["pad"] == "late") == 5
-    again = run_export(instance, spec, name, _source(dsn), endpoint, bucket)
+    again = run_export(instance, spec, name, dsn, endpoint, bucket)
     assert again.success, again.error
+    key = _key(name, fmt)
     second = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert hashlib.sha256(second).digest() == hashlib.sha256(first).digest()
     assert list_keys(s3_client, bucket) == [key]
@@ -103,84 +108,127 @@ def _retry_sees_a_new_snapshot(
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.value)
-def test_backend_terminated_mid_stream(
+def test_backend_terminated_mid_stream_is_retried_in_place(
     fmt: Format, scratch_dsn: str, s3_endpoint: str, bucket: str, s3_client: Any
 ) -> None:
     create_events(scratch_dsn, ROWS)
     name, lock_key = "held", new_lock_key()
-    spec = spec_yaml({name: fmt}, HOLD_ROW, lock_key)
+    spec = spec_yaml({name: fmt}, HOLD_ROW, lock_key, row_group_rows=ROW_GROUP_ROWS)
     terminated_at: list[float] = []
     problems: list[BaseException] = []
-
-    def terminate_when_held(admin: psycopg.Connection) -> None:
-        try:
-            wait_until(
-                "the export to hold mid-stream with parts uploaded",
-                120,
-                lambda: (
-                    export_backends(admin, _dbname(scratch_dsn), waiting=True)
-                    and _uploaded_parts(s3_client, bucket) > 0
-                ),
-            )
-            [pid] = export_backends(admin, _dbname(scratch_dsn), waiting=True)
-            terminated_at.append(time.monotonic())
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        except BaseException as exc:
-            problems.append(exc)
-            for pid in export_backends(admin, _dbname(scratch_dsn)):  # unblock the run
-                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
     with (
         dg.instance_for_test() as instance,
         hold(scratch_dsn, lock_key) as held,
         psycopg.connect(scratch_dsn, autocommit=True) as admin,
     ):
-        killer = threading.Thread(target=terminate_when_held, args=(admin,))
+
+        def terminate_when_held() -> None:
+            """Rows committed while the export is held (not in its snapshot), then its
+            backend terminated, then the hold released (the retry may wait on it)."""
+            try:
+                wait_until(
+                    "the export to hold mid-stream with parts uploaded",
+                    120,
+                    lambda: (
+                        export_backends(admin, _dbname(scratch_dsn), waiting=True)
+                        and _uploaded_parts(s3_client, bucket) > 0
+                    ),
+                )
+                [pid] = export_backends(admin, _dbname(scratch_dsn), waiting=True)
+                _add_late_rows(scratch_dsn)
+                terminated_at.append(time.time())
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            except BaseException as exc:
+                problems.append(exc)
+            finally:
+                held.release()
+
+        killer = threading.Thread(target=terminate_when_held)
         killer.start()
-        outcome = run_export(instance, spec, name, _source(scratch_dsn), s3_endpoint, bucket)
-        ended_at = time.monotonic()
+        outcome = run_export(
+            instance,
+            spec,
+            name,
+            scratch_dsn,
+            s3_endpoint,
+            bucket,
+            retry_policy=FAST_RETRY,
+        )
         killer.join()
         assert not problems, problems
-        held.release()
-        assert not outcome.success
-        assert ended_at - terminated_at[0] < 10, "the export did not fail fast"
-        assert f"exports/{name} {PARTITION}" in outcome.error
-        assert "terminating connection due to administrator command" in outcome.error
-        assert "(transient, may be retried)" in outcome.error
-        assert list_keys(s3_client, bucket) == []
-        assert pending_uploads(s3_client, bucket) == []
-        assert export_backends(admin, _dbname(scratch_dsn)) == []
-        _retry_sees_a_new_snapshot(
-            instance, spec, name, fmt, scratch_dsn, (s3_endpoint, bucket, s3_client)
+        assert outcome.success, outcome.error
+        [(retried_at, retry)] = [
+            (at, w) for at, w in outcome.warnings if w.startswith(f"{name} {PARTITION}:")
+        ]
+        assert "terminating connection due to administrator command" in retry
+        assert f"try 2 of {FAST_RETRY.max_retries + 1}" in retry
+        assert retried_at - terminated_at[0] < 10, "the failure was not taken at once"
+        assert outcome.retried_steps == 0  # retried in place, not by Dagster
+        key = _key(name, fmt)
+        first = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        _has_the_late_rows(outcome, fmt, first)  # the retry read a new snapshot
+        assert list_keys(s3_client, bucket) == [key]
+        assert pending_uploads(s3_client, bucket) == []  # the first try's upload was aborted
+        assert export_backends(admin, _dbname(scratch_dsn)) == []  # the session is closed
+        _again_byte_identical(
+            instance, spec, name, fmt, scratch_dsn, (s3_endpoint, bucket, s3_client), first
         )
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.value)
-def test_statement_timeout_fires(
+def test_statement_timeout_fails_at_once(
     fmt: Format, scratch_dsn: str, s3_endpoint: str, bucket: str, s3_client: Any
 ) -> None:
     create_events(scratch_dsn, ROWS)
     name, lock_key = "held", new_lock_key()
-    spec = spec_yaml({name: fmt}, HOLD_ROW, lock_key)
-    timeout = 3
+    spec = spec_yaml({name: fmt}, HOLD_ROW, lock_key, row_group_rows=ROW_GROUP_ROWS)
+    timeout = 1  # the export holds at a row far longer: the COPY always reaches it
     with (
         dg.instance_for_test() as instance,
         hold(scratch_dsn, lock_key) as held,
         psycopg.connect(scratch_dsn, autocommit=True) as admin,
     ):
         started = time.monotonic()
-        source = _source(scratch_dsn, statement_timeout_seconds=timeout)
-        outcome = run_export(instance, spec, name, source, s3_endpoint, bucket)
+        outcome = run_export(
+            instance,
+            spec,
+            name,
+            scratch_dsn,
+            s3_endpoint,
+            bucket,
+            retry_policy=FAST_RETRY,  # permanent: neither retried in place nor by Dagster
+            statement_timeout_seconds=timeout,
+        )
         elapsed = time.monotonic() - started
         held.release()
         assert not outcome.success
         assert elapsed < timeout + 15, f"the export took {elapsed:.1f}s to fail"
-        assert f"exports/{name} {PARTITION}" in outcome.error
+        assert f"exports/{name}" in outcome.error and PARTITION in outcome.error
         assert "canceling statement due to statement timeout" in outcome.error
-        assert "(permanent, not retried)" in outcome.error
+        [row] = outcome.failed_partitions
+        assert row["partition"] == PARTITION and row["dataset"] == name
+        assert "canceling statement due to statement timeout" in row["error"]
+        assert row["transient"] is False and row["attempts"] == 1
+        assert outcome.retried_steps == 0
+        assert not [w for _, w in outcome.warnings if "try 2 of" in w]
         assert list_keys(s3_client, bucket) == []
         assert pending_uploads(s3_client, bucket) == []
         assert export_backends(admin, _dbname(scratch_dsn)) == []
-        _retry_sees_a_new_snapshot(
-            instance, spec, name, fmt, scratch_dsn, (s3_endpoint, bucket, s3_client)
+
+        # Once the hold is gone, a new run succeeds on a new snapshot.
+        _add_late_rows(scratch_dsn)
+        retried = run_export(
+            instance,
+            spec,
+            name,
+            scratch_dsn,
+            s3_endpoint,
+            bucket,
+        )
+        assert retried.success, retried.error
+        first = s3_client.get_object(Bucket=bucket, Key=_key(name, fmt))["Body"].read()
+        _has_the_late_rows(retried, fmt, first)
+        _again_byte_identical(
+            instance, spec, name, fmt, scratch_dsn, (s3_endpoint, bucket, s3_client), first
         )

@@ -15,12 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from export_pipeline.engine import EngineTuning, export_partition
+from export_pipeline.engine import EngineTuning
 from export_pipeline.extract.connection import SourceConfig
 from export_pipeline.formats.parquet import DEFAULT_ROW_GROUP_ROWS, write_parquet
 from export_pipeline.partitions import Month
 from export_pipeline.spec import Compression, DatasetSpec, Format, Relation
 from export_pipeline.storage.local import LocalObjectStore
+from export_pipeline_tests.harness import export_one
 from export_pipeline_tests.services import scratch_database
 
 MARCH = Month(2025, 3)
@@ -56,7 +57,7 @@ def wide_source(pg_server: str) -> Iterator[SourceConfig]:
 
 
 def _export(source: SourceConfig, root: Path, tuning: EngineTuning) -> pq.FileMetaData:
-    result = export_partition(source, LocalObjectStore(root), DATASET, "1", MARCH, tuning)
+    result = export_one(source, LocalObjectStore(root), DATASET, "1", MARCH, tuning)
     assert result.rows == ROWS
     meta = pq.ParquetFile(result.stored.uri).metadata
     assert meta.num_rows == ROWS

@@ -1,4 +1,4 @@
-"""The type contract (docs/types.md), proven on torture tables through `export_partition`.
+"""The type contract (docs/types.md), proven on torture tables through `harness.export_one`.
 
 Every value is compared with PostgreSQL's own rendering of the same row (see contract_check.py).
 Values checked per full run: TORTURE_VALUES_CHECKED in the module below.
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from export_pipeline.engine import export_partition
 from export_pipeline.errors import ExportError
 from export_pipeline.extract.connection import SourceConfig
 from export_pipeline.partitions import Month
@@ -26,8 +25,13 @@ from export_pipeline_tests.formats.torture import (
     TORTURE_ROWS,
     create_torture_tables,
 )
+from export_pipeline_tests.harness import export_one
 from export_pipeline_tests.helpers import files_under
 from export_pipeline_tests.services import scratch_database
+
+# The server's version matters here (what each PostgreSQL type becomes): CI runs these
+# again on a second PostgreSQL (.ci/run).
+pytestmark = pytest.mark.server_version
 
 MONTH = Month(2025, 3)  # the datasets below do not filter by month
 TORTURE_KINDS = {
@@ -89,7 +93,7 @@ def _dataset(table: str, fmt: Format, comp: Compression, **options: object) -> D
 
 
 def _export(dsn: str, store: LocalObjectStore, dataset: DatasetSpec) -> bytes:
-    result = export_partition(SourceConfig(dsn), store, dataset, "1", MONTH)
+    result = export_one(SourceConfig(dsn), store, dataset, "1", MONTH)
     path = Path(result.stored.uri)
     assert path.name == f"{dataset.name}{_extension(dataset.format, dataset.compression)}"
     return path.read_bytes()
@@ -190,7 +194,7 @@ def test_unrepresentable_value_fails_clearly_and_stores_nothing(
         sql=f"SELECT id, customer_id, {column} FROM exotic ORDER BY id",
     )
     with pytest.raises(ExportError) as info:
-        export_partition(SourceConfig(torture_dsn), local_store, dataset, "1", MONTH)
+        export_one(SourceConfig(torture_dsn), local_store, dataset, "1", MONTH)
     message = str(info.value)
     for part in ("'exotic_strict'", f"'{column}'", pg_type, value, "unrepresentable: text"):
         assert part in message, message

@@ -1,4 +1,5 @@
-"""EXPORT_RECORD_DOWNLOAD_LINKS=false: no link in metadata or the event log, one on demand."""
+"""EXPORT_RECORD_DOWNLOAD_LINKS=false: no link in metadata or the event log, one on demand
+(resources/links.py), signed with the configured export storage."""
 
 from __future__ import annotations
 
@@ -9,30 +10,30 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from export_pipeline.defs.assets import build_export_asset
-from export_pipeline.defs.partitions import build_export_partitions_def
-from export_pipeline.io_managers.exports import EXPORTS_IO_MANAGER_KEY, S3ExportIOManager
-from export_pipeline.io_managers.links import (
-    configured_io_manager,
-    sign_download_link,
-    sign_key_link,
-)
-from export_pipeline.io_managers.metadata import latest_metadata
-from export_pipeline.resources.s3 import ExportS3Resource
-from export_pipeline.resources.source import PostgresSourceResource
-from export_pipeline.settings import SettingsError, build_resources, exports_io_manager
+from export_pipeline.io_managers.metadata import export_asset_key
+from export_pipeline.resources.links import configured_storage, sign_download_link
+from export_pipeline.resources.storage import S3ExportStorageResource
+from export_pipeline.settings import SettingsError, build_resources, export_storage
 from export_pipeline.spec import ExportSpec
 from export_pipeline.storage.files import StoredFileError
 from export_pipeline.storage.s3 import MIN_PART_SIZE
+from export_pipeline_tests.harness import (
+    add_customers,
+    export_definitions,
+    export_resources,
+    materialize,
+    recorded,
+    s3_storage,
+)
 
 PARTITION = "3|2025-04-01"
-ORDERS = dg.AssetKey(["exports", "orders"])
+ORDERS = export_asset_key("orders")
 
 
-def _manager(endpoint: str, bucket: str, record: bool) -> S3ExportIOManager:
-    return S3ExportIOManager(
-        s3=ExportS3Resource(endpoint_url=endpoint),
-        bucket=bucket,
+def _storage(endpoint: str, bucket: str, record: bool) -> S3ExportStorageResource:
+    return s3_storage(
+        endpoint,
+        bucket,
         part_size_bytes=MIN_PART_SIZE,
         link_ttl_seconds=900,
         record_download_links=record,
@@ -40,19 +41,14 @@ def _manager(endpoint: str, bucket: str, record: bool) -> S3ExportIOManager:
 
 
 def _materialize(
-    instance: dg.DagsterInstance, spec: ExportSpec, dsn: str, manager: S3ExportIOManager
+    instance: dg.DagsterInstance, spec: ExportSpec, dsn: str, storage: S3ExportStorageResource
 ) -> dict[str, Any]:
-    pdef = build_export_partitions_def(spec.months_start)
-    instance.add_dynamic_partitions("customers", ["3"])
-    result = dg.materialize(
-        [build_export_asset(spec.datasets["orders"], pdef)],
-        partition_key=PARTITION,
-        instance=instance,
-        resources={"source": PostgresSourceResource(dsn=dsn), EXPORTS_IO_MANAGER_KEY: manager},
-    )
-    recorded = latest_metadata(instance, ORDERS, PARTITION)
-    assert result.success and recorded is not None
-    return recorded
+    add_customers(instance, ["3"])
+    defs = export_definitions(spec, export_resources(dsn, storage), manifest=False)
+    result = materialize(instance, defs, PARTITION, selection=[ORDERS])
+    metadata = recorded(instance, "orders", PARTITION)
+    assert result.success and metadata is not None
+    return metadata
 
 
 def _event_log_text(instance: dg.DagsterInstance) -> str:
@@ -63,39 +59,35 @@ def _event_log_text(instance: dg.DagsterInstance) -> str:
 def test_links_kept_out_of_metadata_and_signed_on_demand(
     demo_spec: ExportSpec, demo_dsn: str, s3_endpoint: str, bucket: str, s3_client: Any
 ) -> None:
-    manager = _manager(s3_endpoint, bucket, record=False)
+    storage = _storage(s3_endpoint, bucket, record=False)
     with dg.instance_for_test() as instance:
-        recorded = _materialize(instance, demo_spec, demo_dsn, manager)
-        assert "download_url" not in recorded and "download_url_expires_at" not in recorded
-        assert recorded["uri"] == f"s3://{bucket}/exports/3/2025-04/orders.jsonl"
+        md = _materialize(instance, demo_spec, demo_dsn, storage)
+        assert "download_url" not in md and "download_url_expires_at" not in md
+        assert md["uri"] == f"s3://{bucket}/exports/3/2025-04/orders.jsonl"
         log = _event_log_text(instance)
         assert "X-Amz-Signature" not in log and "X-Amz-Credential" not in log
-        assert recorded["uri"] in log  # the log still says where the file is
+        assert md["uri"] in log  # the log still says where the file is
 
-        link = sign_download_link(manager, instance, ORDERS, PARTITION, ttl_seconds=300)
+        link = sign_download_link(storage, instance, ORDERS, PARTITION, ttl_seconds=300)
         assert "X-Amz-Expires=300" in link.url
         with urllib.request.urlopen(link.url) as response:  # the SigV4-checking endpoint
-            assert hashlib.sha256(response.read()).hexdigest() == recorded["sha256"]
-        by_key = sign_key_link(manager, "exports/3/2025-04/orders.jsonl")
-        assert "X-Amz-Expires=900" in by_key.url  # the configured TTL
-        with urllib.request.urlopen(by_key.url) as response:
-            assert hashlib.sha256(response.read()).hexdigest() == recorded["sha256"]
+            assert hashlib.sha256(response.read()).hexdigest() == md["sha256"]
+        default = sign_download_link(storage, instance, ORDERS, PARTITION)
+        assert "X-Amz-Expires=900" in default.url  # the configured TTL
 
         with pytest.raises(StoredFileError, match="has not been materialized yet"):
-            sign_download_link(manager, instance, ORDERS, "3|2025-05-01")
+            sign_download_link(storage, instance, ORDERS, "3|2025-05-01")
         s3_client.delete_object(Bucket=bucket, Key="exports/3/2025-04/orders.jsonl")
-        with pytest.raises(StoredFileError, match="found missing"):
-            sign_download_link(manager, instance, ORDERS, PARTITION)
+        with pytest.raises(StoredFileError, match="missing"):
+            sign_download_link(storage, instance, ORDERS, PARTITION)
 
 
 def test_links_are_recorded_by_default(
     demo_spec: ExportSpec, demo_dsn: str, s3_endpoint: str, bucket: str
 ) -> None:
     with dg.instance_for_test() as instance:
-        recorded = _materialize(
-            instance, demo_spec, demo_dsn, _manager(s3_endpoint, bucket, record=True)
-        )
-        assert "X-Amz-Expires=900" in recorded["download_url"]
+        md = _materialize(instance, demo_spec, demo_dsn, _storage(s3_endpoint, bucket, True))
+        assert "X-Amz-Expires=900" in md["download_url"]
         assert "X-Amz-Signature" in _event_log_text(instance)
 
 
@@ -104,18 +96,20 @@ def test_links_are_recorded_by_default(
     [("false", False), ("FALSE ", False), ("0", False), ("true", True), ("", True)],
 )
 def test_record_download_links_setting(value: str, expected: bool) -> None:
-    env = {"EXPORT_S3_BUCKET": "b", "EXPORT_RECORD_DOWNLOAD_LINKS": value}
-    assert exports_io_manager(env).record_download_links is expected
+    storage = export_storage({"EXPORT_S3_BUCKET": "b", "EXPORT_RECORD_DOWNLOAD_LINKS": value})
+    assert isinstance(storage, S3ExportStorageResource)
+    assert storage.record_download_links is expected
+    assert storage.record_links is expected
 
 
 def test_record_download_links_setting_is_validated() -> None:
     with pytest.raises(SettingsError, match="EXPORT_RECORD_DOWNLOAD_LINKS must be true or false"):
-        exports_io_manager({"EXPORT_S3_BUCKET": "b", "EXPORT_RECORD_DOWNLOAD_LINKS": "maybe"})
+        export_storage({"EXPORT_S3_BUCKET": "b", "EXPORT_RECORD_DOWNLOAD_LINKS": "maybe"})
     with pytest.raises(SettingsError, match="EXPORT_RECORD_DOWNLOAD_LINKS"):
-        exports_io_manager({"EXPORT_STORAGE_DIR": "/tmp/x", "EXPORT_RECORD_DOWNLOAD_LINKS": "n"})
+        export_storage({"EXPORT_STORAGE_DIR": "/tmp/x", "EXPORT_RECORD_DOWNLOAD_LINKS": "n"})
 
 
-def test_configured_io_manager_resolves_the_environment(
+def test_configured_storage_resolves_the_environment(
     monkeypatch: pytest.MonkeyPatch, s3_endpoint: str, bucket: str
 ) -> None:
     env = {
@@ -126,8 +120,9 @@ def test_configured_io_manager_resolves_the_environment(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    with configured_io_manager(build_resources(env)) as manager:
-        assert isinstance(manager, S3ExportIOManager)
-        assert (manager.bucket, manager.link_ttl_seconds) == (bucket, 600)
-        assert manager.record_download_links is False
-        assert "X-Amz-Expires=600" in sign_key_link(manager, "any/key.csv").url
+    with configured_storage(build_resources(env)) as storage:
+        assert isinstance(storage, S3ExportStorageResource)
+        assert (storage.bucket, storage.link_ttl_seconds) == (bucket, 600)
+        assert storage.record_links is False
+        link = storage.store().download_link("any/key.csv")
+        assert link is not None and "X-Amz-Expires=600" in link.url

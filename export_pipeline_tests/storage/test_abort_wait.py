@@ -2,7 +2,7 @@
 
 A TCP relay in front of the S3 endpoint holds every UploadPart request without answering (an S3
 that stopped responding mid-upload); everything else passes through. The writer has two parts
-in flight when the export fails: the abort waits ABORT_WAIT_SECONDS for them, no longer, then
+in flight when the export fails: the abort waits `abort_wait_seconds` for them, no longer, then
 aborts the upload on the server, which leaves nothing open and nothing under the key.
 """
 
@@ -19,11 +19,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from export_pipeline.storage.s3 import ABORT_WAIT_SECONDS, MIN_PART_SIZE, S3Config, S3ObjectStore
+from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore
 from export_pipeline.storage.writer import ObjectHeaders
 from export_pipeline_tests.helpers import list_keys, pending_uploads
 
 KEY = "exports/1/2025-03/hung.csv"
+WAIT = 1.0  # the bound under test (S3Config.abort_wait_seconds; 5 s by default)
 
 
 class PartHangingRelay:
@@ -84,7 +85,12 @@ def test_abort_waits_a_bounded_time_for_hung_parts(
 ) -> None:
     with part_hanging_relay(s3_endpoint) as relay:
         store = S3ObjectStore(
-            S3Config(bucket=bucket, endpoint_url=relay.url, part_size=MIN_PART_SIZE)
+            S3Config(
+                bucket=bucket,
+                endpoint_url=relay.url,
+                part_size=MIN_PART_SIZE,
+                abort_wait_seconds=WAIT,
+            )
         )
         writer = store.open_writer(KEY, ObjectHeaders("text/csv", "hung.csv"))
         with pytest.raises(RuntimeError, match="the export failed"), writer:
@@ -98,4 +104,4 @@ def test_abort_waits_a_bounded_time_for_hung_parts(
         aborted_in = time.monotonic() - failed
         assert pending_uploads(s3_client, bucket) == []
         assert list_keys(s3_client, bucket) == []
-    assert ABORT_WAIT_SECONDS <= aborted_in < ABORT_WAIT_SECONDS + 5
+    assert WAIT <= aborted_in < WAIT + 5

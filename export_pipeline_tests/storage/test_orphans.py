@@ -1,5 +1,6 @@
 """A writer killed outright (SIGKILL) leaves its temporary file or multipart upload behind; the
-next write of the same key removes it. Real processes, real PostgreSQL, S3 over HTTP.
+next export of the same key (`export_batch`, with its one listing of the batch's keys) removes
+it. Real processes, real PostgreSQL, S3 over HTTP.
 
 S3 kill points: before the first part (the upload is open, no part yet), mid-stream (two of
 four parts uploaded) and after the last part, before CompleteMultipartUpload. Each time
@@ -23,39 +24,55 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from export_pipeline.engine import export_query
+from export_pipeline.batch import BatchItem, export_batch
+from export_pipeline.engine import ExportStream
 from export_pipeline.extract.connection import SourceConfig
+from export_pipeline.partitions import Month, partition_key
 from export_pipeline.spec import Compression, Format
 from export_pipeline.storage.local import LocalObjectStore
 from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore
-from export_pipeline.storage.writer import ObjectStore
+from export_pipeline.storage.writer import ObjectStore, StoredObject
+from export_pipeline_tests.harness import write_query
 from export_pipeline_tests.helpers import list_keys
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-KEY = "exports/1/2025-01/orphan.csv"
+KEY = "exports/1/2025-01/orphan.csv"  # dataset "orphan" (CSV) of customer 1, January 2025
+JANUARY = Month(2025, 1)
 # About 12 MB of rows (more than two 5 MiB parts), then a long wait: the writer is killed
 # while its upload or temporary file is open.
 SLOW = (
     "SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 12000) AS g"
     " UNION ALL SELECT 0, pg_sleep(30)::text"
 )
-WRITER = """
-import sys
+# The writer a killed run was: an export streaming into the key (engine calls only, so the
+# child does not import Dagster).
+WRITE = """
 from psycopg import sql
-from export_pipeline.engine import export_query
+from export_pipeline.engine import ExportStream, object_headers
 from export_pipeline.extract.connection import SourceConfig
 from export_pipeline.spec import Compression, Format
+def write(dsn, store, key, query):
+    stream = ExportStream(SourceConfig(dsn), sql.Composed([sql.SQL(query)]), {}, name="orphan",
+                          format=Format.CSV, compression=Compression.NONE)
+    with store.open_writer(key, object_headers(stream, key)) as writer:
+        stream.write_to(writer)
+        writer.commit()
+"""
+WRITER = (
+    WRITE
+    + """
+import sys
 from export_pipeline.storage.local import LocalObjectStore
 from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore
 kind, dsn, target, key, endpoint, query = sys.argv[1:7]
 store = (
-    LocalObjectStore(target, prefix="")
+    LocalObjectStore(target)
     if kind == "local"
     else S3ObjectStore(S3Config(bucket=target, endpoint_url=endpoint, part_size=MIN_PART_SIZE))
 )
-export_query(SourceConfig(dsn), store, key, sql.Composed([sql.SQL(query)]), {}, Format.CSV,
-             Compression.NONE, name="orphan")
+write(dsn, store, key, query)
 """
+)
 
 
 def _kill_midway(args: list[str], started: Callable[[], bool]) -> None:
@@ -74,12 +91,22 @@ def _kill_midway(args: list[str], started: Callable[[], bool]) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def _export_again(dsn: str, store: ObjectStore) -> int:
-    query = sql.Composed([sql.SQL("SELECT g, 'y' AS pad FROM generate_series(1, 3) AS g")])
-    delivery = export_query(
-        SourceConfig(dsn), store, KEY, query, {}, Format.CSV, Compression.NONE, name="orphan"
+def _export_again(dsn: str, store: ObjectStore, query: sql.Composable) -> tuple[int, StoredObject]:
+    """The next run's export of the key: (rows, what it stored)."""
+    stream = ExportStream(
+        SourceConfig(dsn),
+        sql.Composed([query]),
+        {},
+        name="orphan",
+        format=Format.CSV,
+        compression=Compression.NONE,
     )
-    return delivery.rows
+    pk = partition_key("1", JANUARY)
+    result = export_batch([BatchItem(pk, "1", JANUARY, stream)], store, "orphan")
+    assert not result.failed, result.failed
+    delivered = result.delivered[pk]
+    assert delivered.stored.key == KEY
+    return delivered.rows, delivered.stored
 
 
 def test_local_partial_file_of_a_killed_writer_is_removed(scratch_dsn: str, tmp_path: Path) -> None:
@@ -90,8 +117,9 @@ def test_local_partial_file_of_a_killed_writer_is_removed(scratch_dsn: str, tmp_
 
     _kill_midway(["local", scratch_dsn, str(tmp_path), KEY, "", SLOW], lambda: bool(partials()))
     assert partials()  # what a killed run leaves
-    store = LocalObjectStore(tmp_path, prefix="")
-    assert _export_again(scratch_dsn, store) == 3
+    store = LocalObjectStore(tmp_path)
+    query = sql.SQL("SELECT g, 'y' AS pad FROM generate_series(1, 3) AS g")
+    assert _export_again(scratch_dsn, store, query)[0] == 3
     assert sorted(p.name for p in folder.iterdir()) == ["orphan.csv"]
     assert (folder / "orphan.csv").read_bytes().count(b"\n") == 4  # header + 3 rows
 
@@ -100,12 +128,10 @@ def test_local_partial_file_of_a_killed_writer_is_removed(scratch_dsn: str, tmp_
 # point named by EXPORT_TEST_PAUSE_AT, in botocore's own `before-parameter-build` event: it
 # prints PAUSED and waits on stdin, so the parent kills it exactly there (no sleeps, no races).
 TABLE_ROWS = 14_000  # 18 MB of CSV: four parts of 5 MiB (the last one smaller)
-PAUSING_WRITER = """
+PAUSING_WRITER = (
+    WRITE
+    + """
 import os, sys
-from psycopg import sql
-from export_pipeline.engine import export_query
-from export_pipeline.extract.connection import SourceConfig
-from export_pipeline.spec import Compression, Format
 from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore
 dsn, bucket, key, endpoint = sys.argv[1:5]
 kind, _, number = os.environ["EXPORT_TEST_PAUSE_AT"].partition(":")
@@ -118,11 +144,11 @@ def pause(params, **_):
         sys.stdin.read()  # until killed
 event = "CompleteMultipartUpload" if kind == "complete" else "UploadPart"
 store.client.meta.events.register(f"before-parameter-build.s3.{event}", pause)
-export_query(SourceConfig(dsn), store, key, sql.Composed([sql.SQL("SELECT * FROM t ORDER BY g")]),
-             {}, Format.CSV, Compression.NONE, name="orphan")
+write(dsn, store, key, "SELECT * FROM t ORDER BY g")
 print("FINISHED", flush=True)
 """
-TABLE_QUERY = sql.Composed([sql.SQL("SELECT * FROM t ORDER BY g")])
+)
+TABLE_QUERY = sql.SQL("SELECT * FROM t ORDER BY g")
 
 
 def _make_table(dsn: str) -> None:
@@ -176,17 +202,17 @@ def test_s3_upload_of_a_killed_writer_is_aborted_by_the_next_run(
 ) -> None:
     _make_table(scratch_dsn)
     store = S3ObjectStore(S3Config(bucket=bucket, endpoint_url=s3_endpoint))
-    clean = export_query(
+    clean, rows = write_query(
         SourceConfig(scratch_dsn),
         store,
         "clean/orphan.csv",
-        TABLE_QUERY,
+        sql.Composed([TABLE_QUERY]),
         {},
         Format.CSV,
         Compression.NONE,
         name="orphan",
     )
-    assert clean.rows == TABLE_ROWS and clean.stored.size_bytes > 3 * MIN_PART_SIZE
+    assert rows == TABLE_ROWS and clean.size_bytes > 3 * MIN_PART_SIZE
 
     _kill_when_paused([scratch_dsn, bucket, KEY, s3_endpoint], pause_at)
     assert KEY not in list_keys(s3_client, bucket)  # nothing under the final key
@@ -194,17 +220,9 @@ def test_s3_upload_of_a_killed_writer_is_aborted_by_the_next_run(
     parts = s3_client.list_parts(Bucket=bucket, Key=KEY, UploadId=upload["UploadId"])
     assert len(parts.get("Parts", [])) == parts_uploaded  # killed exactly where asked
 
-    retry = export_query(
-        SourceConfig(scratch_dsn),
-        store,
-        KEY,
-        TABLE_QUERY,
-        {},
-        Format.CSV,
-        Compression.NONE,
-        name="orphan",
-    )
+    rows, retry = _export_again(scratch_dsn, store, TABLE_QUERY)
+    assert rows == TABLE_ROWS
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert list_keys(s3_client, bucket) == sorted([KEY, "clean/orphan.csv"])
-    assert retry.stored.sha256 == clean.stored.sha256
+    assert retry.sha256 == clean.sha256
     assert _sha256_of(s3_client, bucket, KEY) == _sha256_of(s3_client, bucket, "clean/orphan.csv")

@@ -103,15 +103,15 @@ def test_many_parts_under_a_small_limit(s3_endpoint: str, bucket: str, s3_client
 def test_the_limit_comes_from_its_variable_and_a_small_one_is_refused() -> None:
     import dagster as dg
 
-    from export_pipeline.io_managers.exports import S3ExportIOManager
     from export_pipeline.resources.s3 import ExportS3Resource
+    from export_pipeline.resources.storage import EXPORT_STORAGE_KEY, S3ExportStorageResource
     from export_pipeline.settings import build_resources
 
     env = {"EXPORT_S3_BUCKET": "b", "EXPORT_S3_MAX_BUFFER_BYTES": str(2048 * MIB)}
-    storage = build_resources(env)["exports_io_manager"]
+    storage = build_resources(env)[EXPORT_STORAGE_KEY]
     assert storage.max_buffer_bytes == dg.EnvVar.int("EXPORT_S3_MAX_BUFFER_BYTES")
-    default = build_resources({"EXPORT_S3_BUCKET": "b"})["exports_io_manager"]
+    default = build_resources({"EXPORT_S3_BUCKET": "b"})[EXPORT_STORAGE_KEY]
     assert default.max_buffer_bytes == 1536 * MIB
-    small = S3ExportIOManager(s3=ExportS3Resource(), bucket="b", max_buffer_bytes=256 * MIB)
+    small = S3ExportStorageResource(s3=ExportS3Resource(), bucket="b", max_buffer_bytes=256 * MIB)
     with pytest.raises(StorageConfigError, match="the minimum is 1419771904 bytes"):
-        small.files()
+        small.store()

@@ -29,8 +29,9 @@ SHA = {hashlib.sha256(OLD).hexdigest(): "old", hashlib.sha256(NEW).hexdigest(): 
 
 
 def _export(store: ObjectStore, data: bytes) -> StoredObject:
-    """What `engine.deliver` does with a file's bytes."""
-    store.remove_orphans(KEY)
+    """What `batch.export_batch` does with a file's bytes: remove a dead writer's upload (the
+    listing of the batch's keys), write, commit."""
+    store.remove_orphans([KEY])
     with store.open_writer(KEY, HEADERS) as writer:
         for i in range(0, len(data), 1_000_000):
             writer.write(data[i : i + 1_000_000])
@@ -145,7 +146,9 @@ def test_second_writer_aborts_the_first_which_fails_transient(
         assert pending_uploads(s3_client, s3_config.bucket) == [KEY]  # A's upload is open
         with caplog.at_level(logging.WARNING, "export_pipeline.storage.s3"):
             stored = _export(second, NEW)
-        assert "aborted 1 orphaned multipart upload" in caplog.text
+        assert (
+            f"aborted an orphaned multipart upload of s3://{s3_config.bucket}/{KEY}" in caplog.text
+        )
     finally:
         gate.set()
         thread.join()

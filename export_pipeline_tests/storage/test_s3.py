@@ -1,3 +1,6 @@
+"""S3 storage over HTTP (moto behind the SigV4-checking proxy): uploads, links, and the store
+API the batch and the checks use."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,9 +14,10 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore
+from export_pipeline.storage.s3 import MIN_PART_SIZE, S3Config, S3ObjectStore, S3UploadError
 from export_pipeline.storage.writer import ObjectHeaders
 from export_pipeline_tests.helpers import list_keys, pending_uploads
+from export_pipeline_tests.manifest_helpers import recording_s3
 
 HEADERS = ObjectHeaders("text/csv; charset=utf-8", "d.csv")
 
@@ -122,3 +126,60 @@ def test_the_endpoint_rejects_bad_signatures(
         "s3", endpoint_url=s3_endpoint, config=Config(signature_version="s3")
     ).generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k.csv"})
     assert _get(sigv2)[0] == 403
+
+
+# -- the store API the batch and the checks use ---------------------------------------------
+def test_remove_many_deletes_a_thousand_keys_a_request_and_ignores_missing_ones(
+    moto_url: str,
+) -> None:
+    with recording_s3(moto_url) as (store, log):
+        present = [f"exports/{c}/2025-03/d.csv" for c in range(1, 4)]
+        for key in present:
+            with store.open_writer(key, HEADERS) as writer:
+                writer.write(b"x")
+                writer.commit()
+        log.clear()
+        missing = [f"exports/{c}/2025-03/_SUCCESS" for c in range(1, 1000)]
+        store.remove_many([*present, *missing, present[0]])  # a repeat counts once
+        assert log.counts() == {"DeleteObjects": 2}
+        first, second = log.of("DeleteObjects")
+        assert len(first.deleted) == 1000 and len(second.deleted) == 2
+        assert set(first.deleted + second.deleted) == {*present, *missing}
+        assert list_keys(store.client, store.config.bucket) == []
+        log.clear()
+        store.remove("exports/9/2025-03/none.csv")  # nothing there: fine, one request
+        store.remove_many([])
+        assert log.counts() == {"DeleteObjects": 1}
+
+
+def test_remove_many_failing_names_a_key_and_says_if_transient(moto_url: str) -> None:
+    with recording_s3(moto_url, max_attempts=1) as (store, faults):
+        faults.fail_next("POST", "?delete", 1, 503, "SlowDown")
+        with pytest.raises(S3UploadError) as info:
+            store.remove_many(["exports/1/2025-03/_SUCCESS"])
+        assert info.value.transient
+        bucket = store.config.bucket
+        assert str(info.value) == (
+            f"cannot delete s3://{bucket}/exports/1/2025-03/_SUCCESS: SlowDown (transient)"
+        )
+
+
+def test_read_tail_is_one_ranged_get_with_the_size(moto_url: str) -> None:
+    with recording_s3(moto_url) as (store, log):
+        data = os.urandom(100_000)
+        for key, body in (("exports/a.parquet", data), ("exports/empty.csv", b"")):
+            with store.open_writer(key, HEADERS) as writer:
+                writer.write(body)
+                writer.commit()
+        log.clear()
+        assert store.read_tail("exports/a.parquet", 8) == (100_000, data[-8:])
+        [get] = log.requests
+        assert get.operation == "GetObject"  # the size came from its Content-Range
+        assert store.read_tail("exports/a.parquet", 200_000) == (100_000, data)
+        assert store.read_tail("exports/missing.parquet", 8) is None
+        assert store.read_tail("exports/empty.csv", 8) == (0, b"")  # moto: a 200, no range
+        # S3 answers a suffix range of an empty object with 416 InvalidRange: then a HEAD
+        log.fail_next("GET", "/exports/empty.csv", 1, 416, "InvalidRange")
+        log.clear()
+        assert store.read_tail("exports/empty.csv", 8) == (0, b"")
+        assert [r.operation for r in log.requests] == ["GetObject", "HeadObject"]

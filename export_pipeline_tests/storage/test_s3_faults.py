@@ -43,8 +43,8 @@ def _store(endpoint: str, bucket: str) -> S3ObjectStore:
 
 
 def _export(store: S3ObjectStore) -> StoredObject:
-    """What `engine.deliver` does: remove a dead writer's upload, write, commit."""
-    store.remove_orphans(KEY)
+    """What `batch.export_batch` does: remove a dead writer's upload, write, commit."""
+    store.remove_orphans([KEY])
     with store.open_writer(KEY, HEADERS) as writer:
         for i in range(0, len(DATA), 1_000_000):
             writer.write(DATA[i : i + 1_000_000])

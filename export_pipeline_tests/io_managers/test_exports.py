@@ -16,7 +16,11 @@ import psycopg
 import pytest
 
 from export_pipeline.batch import ExportStreams
-from export_pipeline.defs.assets import EXPORTS_GROUP, build_export_asset
+from export_pipeline.defs.assets import (
+    EXPORT_BACKFILL_POLICY,
+    EXPORTS_GROUP,
+    build_export_asset,
+)
 from export_pipeline.defs.partitions import build_export_partitions_def
 from export_pipeline.engine import ExportStream
 from export_pipeline.io_managers.exports import EXPORTS_IO_MANAGER_KEY
@@ -54,6 +58,7 @@ def _with_downstream(
         key=DOWNSTREAM,
         partitions_def=build_export_partitions_def(spec.months_start),
         group_name=EXPORTS_GROUP,
+        backfill_policy=EXPORT_BACKFILL_POLICY,  # as README's example: ranged with the export
         ins={
             "delivered": dg.AssetIn(
                 key=export_asset_key(dataset), input_manager_key=EXPORTS_IO_MANAGER_KEY

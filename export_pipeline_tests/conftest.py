@@ -23,31 +23,6 @@ AWS_TEST_KEY_ID = "testing-key-id"
 AWS_TEST_SECRET = "testing-secret-key"
 
 
-# The modules that take longest (wall seconds under `scripts/test.sh`, measured), run first:
-# with `--dist loadfile` each worker takes whole files in collection order, so a long file
-# left for the end would run alone while the other workers sit idle (longest first).
-LONGEST_FIRST = (
-    "test_backfill_graphql.py",
-    "test_concurrency_limits.py",
-    "faults/test_cancel_commit.py",
-    "faults/test_postgres_failures.py",
-    "bench/test_bench_smoke.py",
-    "test_large_values.py",
-    "faults/test_cancel_from_ui.py",
-    "storage/test_s3_faults.py",
-    "defs/test_manifest.py",
-    "test_run_monitoring.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        module = Path(item.path).relative_to(Path(__file__).parent).as_posix()
-        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    items.sort(key=rank)  # stable: the other modules, and the tests in each, keep their order
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _aws_test_credentials() -> Iterator[None]:
     """Credentials for the local S3 server, so nothing can reach a real account; and the

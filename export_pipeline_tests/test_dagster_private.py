@@ -32,6 +32,7 @@ from export_pipeline.dagster_private import (
     run_partition_range,
 )
 from export_pipeline.storage.s3 import S3Config, S3ObjectStore, credentials_expiry
+from export_pipeline_tests.harness import fresh_instance
 from export_pipeline_tests.helpers import sqlalchemy_url
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def test_report_progress_event_writes_an_engine_event_with_the_metadata_at_once(
     def progress_job() -> None:
         probe()
 
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         result = progress_job.execute_in_process(instance=instance)
         assert result.success
     [entry] = [
@@ -143,7 +144,7 @@ def test_pool_instance_connections_keeps_postgres_connections_open_and_bounded(
 
 
 def test_pool_instance_connections_is_harmless_on_sqlite() -> None:
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         pool_instance_connections(instance)
         instance.add_dynamic_partitions("customers", ["1"])
         assert instance.get_dynamic_partitions("customers") == ["1"]
@@ -185,7 +186,7 @@ def downstream(upstream: object) -> int:
 def test_current_asset_context_is_set_inside_an_io_managers_handle_output_and_load_input() -> None:
     _SEEN.clear()
     assert current_asset_context() is None  # outside a run
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         result = dg.materialize(
             [upstream, downstream],
             instance=instance,
@@ -224,7 +225,7 @@ def test_ranged_run_tags_ask_for_the_product_of_the_dimension_ranges() -> None:
     def ranged(context: dg.AssetExecutionContext) -> None:
         seen["keys"] = list(context.partition_keys)
 
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         instance.add_dynamic_partitions("customers", ["1", "2", "3", "4"])
         result = dg.materialize([ranged], instance=instance, tags=request.tags)
         assert result.success
@@ -239,7 +240,7 @@ def test_run_partition_range_is_none_for_a_single_partition_run() -> None:
     def single() -> None:
         return None
 
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         instance.add_dynamic_partitions("customers", ["1"])
         result = dg.materialize([single], instance=instance, partition_key="1|2025-03-01")
     assert run_partition_range(result.dagster_run) is None
@@ -268,7 +269,7 @@ def _interrupted_run(error: type[BaseException]) -> tuple[dg.ExecuteInProcessRes
     def cancelled_job() -> None:
         exporting()
 
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         return cancelled_job.execute_in_process(instance=instance, raise_on_error=False), attempts
 
 

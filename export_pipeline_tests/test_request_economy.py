@@ -26,6 +26,7 @@ from export_pipeline_tests.harness import (
     add_customers,
     export_definitions,
     export_resources,
+    fresh_instance,
     materialize,
     s3_storage,
 )
@@ -78,7 +79,7 @@ def test_requests_and_sessions_per_partition(
     assert len(demo_spec.datasets) == DATASETS and parquet == 1
     resources = export_resources(demo_dsn, s3_storage(url, bucket))
     defs = export_definitions(demo_spec, resources)
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+    with fresh_instance(temp_dir=str(tmp_path)) as instance:
         add_customers(instance, ["1", "2", "3", "4", "5"])
         runs = {
             n: _run(instance, defs, f"1|2025-0{m}-01", f"{n}|2025-0{m}-01", demo_dsn, requests)

@@ -20,7 +20,8 @@ cleanup() {
   group=""
   if [ -n "$dagster_pid" ] && kill -0 -- "-$dagster_pid" 2>/dev/null; then
     # SIGINT, what Ctrl-C sends, to dagster dev, its webserver, daemon and code servers at once;
-    # `down --after-group` gives them 2 s, SIGKILLs what is left, then stops PostgreSQL.
+    # `down --after-group` stops PostgreSQL once they are gone or had 1 s, and SIGKILLs what is
+    # left of them at 2 s.
     kill -INT -- "-$dagster_pid" 2>/dev/null || true
     group="$dagster_pid"
   fi

@@ -18,6 +18,7 @@ from export_pipeline.io_managers.progress import batch_metadata, export_metadata
 from export_pipeline.localdev import write_dotenv
 from export_pipeline.progress import BatchProgress, ExportProgress
 from export_pipeline_tests.cli.conftest import make_cli, one_line
+from export_pipeline_tests.harness import fresh_instance
 
 
 @pytest.mark.slow
@@ -82,7 +83,7 @@ def test_progress_reader_takes_the_latest_progress_event_of_any_type() -> None:
         # no progress event (the exporter has not reported yet): no entry, step state only
         return dg.MaterializeResult(metadata={"dagster/row_count": 7})
 
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         result = dg.materialize([orders, events], instance=instance)
         state = latest_progress(instance, result.run_id)
     report = state.progress["orders"]
@@ -111,7 +112,7 @@ def test_progress_reader_shows_waiting_and_a_ranged_steps_own_line() -> None:
                 context.instance, context.run, "exports__orders", "progress", metadata
             )
 
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         result = dg.materialize([orders], instance=instance)
         state = latest_progress(instance, result.run_id)
     waiting = state.report("orders", "3|2025-03-01")

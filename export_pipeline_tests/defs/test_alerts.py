@@ -28,6 +28,7 @@ from export_pipeline_tests.harness import (
     add_customers,
     export_definitions,
     export_resources,
+    fresh_instance,
     local_storage,
     materialize,
 )
@@ -112,7 +113,7 @@ def _verify(headers: dict[str, str], body: bytes) -> None:
 def test_failed_run_is_recorded_and_posted_signed_after_a_503(
     scratch_dsn: str, demo_spec: ExportSpec, tmp_path: Path
 ) -> None:
-    with dg.instance_for_test() as instance, receiver([503]) as hook:
+    with fresh_instance() as instance, receiver([503]) as hook:
         run = _failed_export_run(instance, demo_spec, tmp_path)
         alerts = AlertWebhookResource(url=hook.url, secret=SECRET, backoff_seconds=0.01)
         _sense(instance, run, scratch_dsn, alerts)
@@ -141,7 +142,7 @@ def test_failed_run_is_recorded_and_posted_signed_after_a_503(
 def test_a_ranged_run_that_fails_as_a_whole_is_one_row_naming_its_range(
     scratch_dsn: str, demo_spec: ExportSpec, tmp_path: Path
 ) -> None:
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         run = _failed_export_run(instance, demo_spec, tmp_path, ("1|2025-03-01", "3|2025-03-01"))
         _sense(instance, run, scratch_dsn, AlertWebhookResource())
     [row] = _failures(scratch_dsn)
@@ -164,7 +165,7 @@ def test_every_export_step_failing_as_a_whole_is_a_row_of_its_own(
     with its own step's error (none is lost to another's row)."""
     datasets = sorted(demo_spec.datasets)
     selection = [export_asset_key(d) for d in datasets]
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         run = _failed_export_run(
             instance, demo_spec, tmp_path, ("1|2025-03-01", "3|2025-03-01"), selection
         )
@@ -176,7 +177,7 @@ def test_every_export_step_failing_as_a_whole_is_a_row_of_its_own(
 
 
 def test_a_400_is_not_retried(scratch_dsn: str, demo_spec: ExportSpec, tmp_path: Path) -> None:
-    with dg.instance_for_test() as instance, receiver([400, 200]) as hook:
+    with fresh_instance() as instance, receiver([400, 200]) as hook:
         run = _failed_export_run(instance, demo_spec, tmp_path)
         alerts = AlertWebhookResource(url=hook.url, secret=SECRET, backoff_seconds=0.01)
         _sense(instance, run, scratch_dsn, alerts)
@@ -193,7 +194,7 @@ def test_a_run_without_partition_is_recorded_without_one(scratch_dsn: str) -> No
     def adhoc() -> None:
         boom()
 
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         result = adhoc.execute_in_process(instance=instance, raise_on_error=False)
         assert not result.success
         _sense(instance, result.dagster_run, scratch_dsn, AlertWebhookResource())
@@ -205,7 +206,7 @@ def test_a_run_without_partition_is_recorded_without_one(scratch_dsn: str) -> No
 def test_failure_sensor_fails_visibly_when_the_state_database_is_unreachable(
     demo_spec: ExportSpec, tmp_path: Path
 ) -> None:
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         run = _failed_export_run(instance, demo_spec, tmp_path)
         with pytest.raises(StateDatabaseError, match="cannot connect to the state database"):
             _sense(instance, run, "postgresql://u:pw@127.0.0.1:1/x", AlertWebhookResource())

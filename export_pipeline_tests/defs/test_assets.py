@@ -17,6 +17,7 @@ from export_pipeline_tests.harness import (
     add_customers,
     export_definitions,
     export_resources,
+    fresh_instance,
     local_storage,
     materialize,
     recorded,
@@ -31,7 +32,7 @@ def _materialize_one(
     spec: ExportSpec, dataset: str, resources: dict[str, Any]
 ) -> tuple[dg.ExecuteInProcessResult, dict[str, Any]]:
     defs = export_definitions(spec, resources, manifest=False)
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["2"])
         result = materialize(instance, defs, PARTITION, selection=[export_asset_key(dataset)])
         return result, recorded(instance, dataset, PARTITION) or {}

@@ -30,6 +30,7 @@ from export_pipeline_tests.harness import (
     add_customers,
     export_definitions,
     export_resources,
+    fresh_instance,
     local_storage,
     materialize,
     recorded,
@@ -87,7 +88,7 @@ def _by_name(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvalua
 
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["4", "7"])
         yield instance
 

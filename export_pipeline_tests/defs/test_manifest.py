@@ -35,6 +35,7 @@ from export_pipeline_tests.harness import (
     add_customers,
     export_definitions,
     export_resources,
+    fresh_instance,
     local_storage,
     materialize,
     s3_storage,
@@ -85,7 +86,7 @@ def test_manifest_asset_writes_last_and_posts_a_signed_webhook_retried_after_a_5
     with (
         recording_s3(moto_url) as (store, log),
         receiver([500]) as hook,
-        dg.instance_for_test() as instance,
+        fresh_instance() as instance,
     ):
         add_customers(instance, ["2"])
         endpoint = store.config.endpoint_url
@@ -146,7 +147,7 @@ def test_a_failed_dataset_means_no_manifest_and_a_good_rerun_writes_it(
 ) -> None:
     storage = local_storage(tmp_path)
     store = LocalObjectStore(tmp_path)
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["2"])
         assert _materialize(instance, demo_spec, demo_dsn, storage).success
         first = check_delivery(store, FOLDER)
@@ -184,7 +185,7 @@ def test_a_ranged_run_writes_and_posts_each_customer_months_manifest(
 ) -> None:
     store = LocalObjectStore(tmp_path)
     keys = ["2|2025-03-01", "3|2025-03-01", "2|2025-04-01", "3|2025-04-01"]
-    with receiver([]) as hook, dg.instance_for_test() as instance:
+    with receiver([]) as hook, fresh_instance() as instance:
         add_customers(instance, ["2", "3"])
         webhook = DeliveryWebhookResource(url=hook.url, secret=SECRET)
         result = _materialize(
@@ -227,7 +228,7 @@ def test_a_manifest_waits_for_every_dataset_and_lists_the_others_as_recorded(
     keys = ("2|2025-03-01", "3|2025-03-01")
     only_orders = [export_asset_key("orders"), MANIFEST_ASSET_KEY]
     folders = ["exports/2/2025-03", "exports/3/2025-03"]
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["2", "3"])
         only = _materialize(instance, demo_spec, demo_dsn, storage, None, keys, only_orders)
         assert not only.success
@@ -287,7 +288,7 @@ def test_a_file_not_as_recorded_fails_only_its_customer_months_manifest(
     fails (the log names the file), the other's manifest is written."""
     storage = local_storage(tmp_path)
     keys = ("2|2025-03-01", "3|2025-03-01")
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["2", "3"])
         assert _materialize(instance, demo_spec, demo_dsn, storage, None, keys).success
         gone = tmp_path / "exports/2/2025-03/events.parquet"
@@ -318,7 +319,7 @@ def test_a_file_replaced_while_the_manifest_waited_for_its_lock_is_listed_as_rep
     store = LocalObjectStore(tmp_path)
     storage = local_storage(tmp_path)
     orders = export_asset_key("orders")
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["2"])
         assert _materialize(instance, demo_spec, demo_dsn, storage).success
         before = latest_records(instance, orders, [KEY])[KEY]

@@ -37,6 +37,7 @@ from export_pipeline_tests.harness import (
     add_customers,
     export_definitions,
     export_resources,
+    fresh_instance,
     local_storage,
     materialize,
 )
@@ -105,7 +106,7 @@ def test_two_of_ten_fail_the_rest_are_delivered_and_a_retry_exports_only_the_two
     resources = export_resources(source, local_storage(tmp_path), state_dsn=source)
     defs = export_definitions(SPEC, resources)
     pdef = build_export_partitions_def(SPEC.months_start)
-    with dg.instance_for_test() as instance, receiver([]) as hook:
+    with fresh_instance() as instance, receiver([]) as hook:
         add_customers(instance, ["1", "2", "3", "4", "5"])
         result = materialize(instance, defs, (ALL[0], ALL[-1]))
         assert not result.success
@@ -252,7 +253,7 @@ def test_reexecution_from_failure_exports_only_the_failed_partitions(
     job = dg.reconstructable(reexecutable_job)
     home = tmp_path / "home"
     home.mkdir()
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
+    with fresh_instance(temp_dir=str(home)) as instance:
         add_customers(instance, ["1", "2", "3", "4", "5"])
         tags = ranged_run_tags(ALL[0], ALL[-1])
         with dg.execute_job(job, instance, tags=tags) as first:

@@ -30,6 +30,7 @@ from export_pipeline_tests.harness import (
     add_customers,
     export_definitions,
     export_resources,
+    fresh_instance,
     local_storage,
     materialize,
     s3_storage,
@@ -89,7 +90,7 @@ class Shared:
 def shared(s3_endpoint: str) -> Iterator[Shared]:
     bucket = f"ranged-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["1", "2", "3", "4", "5"])
         yield Shared(instance, s3_storage(s3_endpoint, bucket))
 

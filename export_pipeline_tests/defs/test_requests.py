@@ -27,6 +27,7 @@ from export_pipeline_tests.harness import (
     add_customers,
     export_definitions,
     export_resources,
+    fresh_instance,
     local_storage,
     materialize,
 )
@@ -38,7 +39,7 @@ export_requests_sensor = build_export_requests_sensor(load_spec(REPO_ROOT / "exp
 
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["1", "2", "3"])
         yield instance
 

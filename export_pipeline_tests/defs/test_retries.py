@@ -33,6 +33,7 @@ from export_pipeline_tests.harness import (
     add_customers,
     export_definitions,
     export_resources,
+    fresh_instance,
     local_storage,
     materialize,
 )
@@ -97,7 +98,7 @@ def _run(spec: ExportSpec, dsn: str, broken: Broken) -> Outcome:
     defs = export_definitions(
         spec, export_resources(dsn, broken.storage), retry_policy=POLICY, manifest=False
     )
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["1", "2", "3"])
         result = materialize(instance, defs, RANGE, selection=[ORDERS])
         records = instance.fetch_materializations(ORDERS, 100).records
@@ -181,7 +182,7 @@ def test_a_permanent_source_error_is_one_clear_message_with_its_cause(
     spec = dataclasses.replace(demo_spec, datasets={"orders": missing})
     resources = export_resources(demo_dsn, local_storage(tmp_path))
     defs = export_definitions(spec, resources, retry_policy=POLICY, manifest=False)
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["5"])
         result = materialize(instance, defs, "5|2025-02-01")
     assert not result.success and _step_retries(result) == 0

@@ -22,6 +22,7 @@ from export_pipeline_tests.harness import (
     add_customers,
     export_definitions,
     export_resources,
+    fresh_instance,
     local_storage,
     materialize,
 )
@@ -68,7 +69,7 @@ def test_a_tick_asks_for_last_month_in_ranged_runs_with_stable_keys(
 ) -> None:
     customers = [str(n) for n in range(1, 1202)]  # 1,201: two full runs and one of a customer
     pdef = build_export_partitions_def(demo_spec.months_start)
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, customers)
         first, second = (_evaluate(instance, defs, tick) for _ in range(2))
         requests = first.run_requests or []
@@ -101,7 +102,7 @@ def test_executing_a_tick_delivers_last_month_for_every_customer_once(
 ) -> None:
     customers = ["1", "2", "3", "4", "5"]
     tick = datetime(2025, 5, 1, 2, tzinfo=UTC)
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, customers)
         [request] = _evaluate(instance, defs, tick).run_requests or []
         assert request.tags == {
@@ -122,14 +123,14 @@ def test_executing_a_tick_delivers_last_month_for_every_customer_once(
 
 
 def test_a_tick_skips_months_before_the_spec_start(defs: dg.Definitions) -> None:
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["1"])
         data = _evaluate(instance, defs, datetime(2025, 1, 1, 2, tzinfo=UTC))
     assert not data.run_requests and "before months.start" in str(data.skip_message)
 
 
 def test_a_tick_without_customers_skips(defs: dg.Definitions) -> None:
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         data = _evaluate(instance, defs, datetime(2025, 4, 1, 2, tzinfo=UTC))
     assert not data.run_requests and "no customers yet" in str(data.skip_message)
 

@@ -31,6 +31,7 @@ from export_pipeline_tests.harness import (
     add_customers,
     export_definitions,
     export_resources,
+    fresh_instance,
     local_storage,
     materialize,
 )
@@ -112,7 +113,7 @@ def test_sentinels_stay_out_of_every_record_of_a_failed_run(
         expected = "SignatureDoesNotMatch"
     request_id = submit_request(scratch_dsn, "2", "2025-03", ["invoices"], "sentinel test")
     state = ExportStateResource(dsn=scratch_dsn)
-    with dg.instance_for_test() as instance, receiver([]) as hook:
+    with fresh_instance() as instance, receiver([]) as hook:
         add_customers(instance, ["2"])
         run = _run(instance, demo_spec, source, storage, request_id)
         alerts = AlertWebhookResource(url=hook.url, secret=WEBHOOK_SECRET)

@@ -16,6 +16,7 @@ from export_pipeline.defs.sensors import build_customers_sensor, history_request
 from export_pipeline.partitions import Month
 from export_pipeline.resources.source import PostgresSourceResource
 from export_pipeline.spec import ExportSpec, load_spec
+from export_pipeline_tests.harness import fresh_instance
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_SPEC = REPO_ROOT / "exports.yaml"
@@ -40,7 +41,7 @@ def _apply(instance: dg.DagsterInstance, result: dg.SensorResult) -> None:
 
 
 def test_customers_sensor_adds_new_customers_once(demo_dsn: str) -> None:
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         first = _tick(instance, demo_dsn)
         assert first.run_requests == []  # the shipped spec asks for no history
         [request] = first.dynamic_partitions_requests or []
@@ -65,7 +66,7 @@ def test_customers_sensor_skips_hostile_keys(scratch_dsn: str, tmp_path: Path) -
         .replace("table: public.customers\n  key_column: id", "table: accounts\n  key_column: slug")
     )
     (tmp_path / "exports.yaml").write_text(spec)
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         result = _tick(instance, scratch_dsn, spec=tmp_path / "exports.yaml")
         [request] = result.dynamic_partitions_requests or []
         assert list(request.partition_keys) == ["acme", "globex"]
@@ -82,7 +83,7 @@ def _spec_file(tmp_path: Path, replace: tuple[str, str] | None = None) -> Path:
 
 
 def test_customers_sensor_reads_its_cursor(demo_dsn: str) -> None:
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         first = _tick(instance, demo_dsn)
         # Unchanged list: skipped on the cursor alone, even though nothing was applied.
         again = _tick(instance, demo_dsn, first.cursor)
@@ -112,7 +113,7 @@ def test_customers_sensor_tick_fails_visibly(
     message: str,
 ) -> None:
     spec = _spec_file(tmp_path, replace)
-    with dg.instance_for_test() as instance, pytest.raises(Exception, match=message) as info:
+    with fresh_instance() as instance, pytest.raises(Exception, match=message) as info:
         _tick(instance, dsn or demo_dsn, spec=spec)
     assert "pw-9" not in str(info.value)
 
@@ -120,7 +121,7 @@ def test_customers_sensor_tick_fails_visibly(
 def test_removed_customers_are_kept_and_reported(
     demo_dsn: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         instance.add_dynamic_partitions("customers", ["1", "2", "3", "4", "5", "old-1"])
         result = _tick(instance, demo_dsn)
         assert not result.dynamic_partitions_requests
@@ -134,7 +135,7 @@ def test_new_customers_get_their_history_as_ranged_runs(demo_dsn: str, tmp_path:
     spec = _spec_file(
         tmp_path, ("  key_column: id\n", "  key_column: id\n  export_history: true\n")
     )
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         instance.add_dynamic_partitions("customers", ["1", "2", "3"])
         result = _tick(instance, demo_dsn, spec=spec)
         [add] = result.dynamic_partitions_requests or []

@@ -40,7 +40,7 @@ from export_pipeline_tests.faults.source import (
     spec_yaml,
     wait_until,
 )
-from export_pipeline_tests.harness import FAST_RETRY
+from export_pipeline_tests.harness import FAST_RETRY, fresh_instance
 from export_pipeline_tests.helpers import list_keys, pending_uploads
 
 ROWS = 60_000
@@ -118,7 +118,7 @@ def test_backend_terminated_mid_stream_is_retried_in_place(
     problems: list[BaseException] = []
 
     with (
-        dg.instance_for_test() as instance,
+        fresh_instance() as instance,
         hold(scratch_dsn, lock_key) as held,
         psycopg.connect(scratch_dsn, autocommit=True) as admin,
     ):
@@ -185,7 +185,7 @@ def test_statement_timeout_fails_at_once(
     spec = spec_yaml({name: fmt}, HOLD_ROW, lock_key, row_group_rows=ROW_GROUP_ROWS)
     timeout = 1  # the export holds at a row far longer: the COPY always reaches it
     with (
-        dg.instance_for_test() as instance,
+        fresh_instance() as instance,
         hold(scratch_dsn, lock_key) as held,
         psycopg.connect(scratch_dsn, autocommit=True) as admin,
     ):

@@ -34,6 +34,7 @@ from export_pipeline_tests.harness import (
     add_customers,
     export_definitions,
     export_resources,
+    fresh_instance,
     local_storage,
     materialize,
     recorded,
@@ -89,7 +90,7 @@ def _run_with_downstream(
     """Materialize the export and the asset that loads it: each partition's recorded metadata,
     and what the downstream asset saw, by partition."""
     defs, seen = _with_downstream(spec, dataset, storage, dsn)
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["3", "4"])
         result = materialize(instance, defs, partitions)
         if not result.success:
@@ -152,7 +153,7 @@ def test_loading_a_file_deleted_behind_our_back_fails_clearly(
 ) -> None:
     """A later run loads what an earlier run recorded only after checking it is still there."""
     defs, _ = _with_downstream(demo_spec, "orders", local_storage(tmp_path), demo_dsn)
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["4"])
         assert materialize(instance, defs, KEY).success
         path = Path((recorded(instance, "orders", KEY) or {})["uri"])
@@ -182,7 +183,7 @@ def test_source_connection_closed_when_handle_output_raises(
     missing_bucket = f"missing-{uuid.uuid4().hex[:8]}"  # every request fails: NoSuchBucket
     resources = export_resources(dsn, s3_storage(s3_endpoint, missing_bucket))
     defs = export_definitions(demo_spec, resources, retry_policy=None, manifest=False)
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["3", "4"])
         result = materialize(
             instance, defs, ("3|2025-05-01", KEY), selection=[export_asset_key(dataset)]
@@ -224,7 +225,7 @@ def test_the_asset_returns_streams_that_hold_no_connection(
         demo_spec.datasets["events"], build_export_partitions_def(demo_spec.months_start)
     )
     keys = dg.PartitionKeyRange("3|2025-04-01", "4|2025-05-01")
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["3", "4"])
         context = dg.build_asset_context(partition_key_range=keys, instance=instance)
         returned = asset(context, source=PostgresSourceResource(dsn=dsn))
@@ -247,7 +248,7 @@ def test_an_output_that_is_not_a_file_stream_is_refused(tmp_path: Path) -> None:
         return "rows"
 
     resources = export_resources("postgresql://unused@127.0.0.1:1/x", local_storage(tmp_path))
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         result = dg.materialize(
             [not_a_file],
             partition_key="3|2025-05-01",

@@ -21,6 +21,7 @@ from export_pipeline_tests.harness import (
     add_customers,
     export_definitions,
     export_resources,
+    fresh_instance,
     materialize,
     recorded,
     s3_storage,
@@ -60,7 +61,7 @@ def test_links_kept_out_of_metadata_and_signed_on_demand(
     demo_spec: ExportSpec, demo_dsn: str, s3_endpoint: str, bucket: str, s3_client: Any
 ) -> None:
     storage = _storage(s3_endpoint, bucket, record=False)
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         md = _materialize(instance, demo_spec, demo_dsn, storage)
         assert "download_url" not in md and "download_url_expires_at" not in md
         assert md["uri"] == f"s3://{bucket}/exports/3/2025-04/orders.jsonl"
@@ -85,7 +86,7 @@ def test_links_kept_out_of_metadata_and_signed_on_demand(
 def test_links_are_recorded_by_default(
     demo_spec: ExportSpec, demo_dsn: str, s3_endpoint: str, bucket: str
 ) -> None:
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         md = _materialize(instance, demo_spec, demo_dsn, _storage(s3_endpoint, bucket, True))
         assert "X-Amz-Expires=900" in md["download_url"]
         assert "X-Amz-Signature" in _event_log_text(instance)

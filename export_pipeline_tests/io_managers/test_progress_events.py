@@ -29,6 +29,7 @@ from export_pipeline_tests.harness import (
     add_customers,
     export_definitions,
     export_resources,
+    fresh_instance,
     local_storage,
     materialize,
 )
@@ -123,7 +124,7 @@ def test_a_slow_export_reports_progress_live_and_at_a_bounded_rate(
 ) -> None:
     _slow_source(scratch_dsn)
     defs = _definitions(_spec(SLOW), scratch_dsn, tmp_path)
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["4"])
         # The month before recorded 3,000 rows: that is the estimate.
         instance.report_runless_asset_event(
@@ -201,7 +202,7 @@ def test_a_fast_export_reports_no_progress_and_records_numbers_for_the_plots(
     demo_spec: ExportSpec, demo_dsn: str, tmp_path: Path
 ) -> None:
     defs = _definitions(_spec(demo_spec.datasets["orders"]), demo_dsn, tmp_path)
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["4"])
         result = materialize(instance, defs, PARTITION)
         assert result.success
@@ -222,7 +223,7 @@ def test_a_ranged_step_reports_its_range_and_an_export_waiting_for_its_first_row
     _slow_source(scratch_dsn)
     defs = _definitions(_spec(LATE), scratch_dsn, tmp_path)
     keys = ["4|2025-04-01", "4|2025-05-01"]
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["4"])
         result = materialize(instance, defs, (keys[0], keys[-1]))
         assert result.success
@@ -274,7 +275,7 @@ def test_a_step_waiting_for_another_runs_partition_locks_reports_the_wait(
     defs = _definitions(_spec(quick), scratch_dsn, tmp_path)
     customer, month = split_partition_key(PARTITION)
     key = lock_key(LocalObjectStore(tmp_path).location, customer, str(month))
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         add_customers(instance, ["4"])
         holder = psycopg.connect(scratch_dsn, autocommit=True)
         holder.execute("SELECT pg_advisory_lock(%s)", (key,))

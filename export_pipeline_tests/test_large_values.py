@@ -21,6 +21,9 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
+
+pytestmark = pytest.mark.slow  # 150 MB rows in every format: not the inner loop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VALUE_BYTES = 50_000_000

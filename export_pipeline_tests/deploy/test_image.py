@@ -150,6 +150,7 @@ def outside_checkout_env(site: Path, tmp: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # builds the wheel (pip, a subprocess)
 def test_wheel_ships_the_defaults_as_files(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())

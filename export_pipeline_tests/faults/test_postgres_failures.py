@@ -43,6 +43,10 @@ from export_pipeline_tests.faults.source import (
 from export_pipeline_tests.harness import FAST_RETRY, fresh_instance
 from export_pipeline_tests.helpers import list_keys, pending_uploads
 
+pytestmark = (
+    pytest.mark.slow
+)  # fault injection, with its timeouts and back-offs: not the inner loop
+
 ROWS = 60_000
 # About 10 MB of rows are out when the export holds (ADBC hands over whole batches of about
 # 2 MiB, so Parquet has written a little less): more than one 5 MiB part in every format.

@@ -35,6 +35,8 @@ from export_pipeline.storage.writer import ObjectStore, StoredObject
 from export_pipeline_tests.harness import write_query
 from export_pipeline_tests.helpers import list_keys
 
+pytestmark = pytest.mark.slow  # writers killed in child processes: not the inner loop
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY = "exports/1/2025-01/orphan.csv"  # dataset "orphan" (CSV) of customer 1, January 2025
 JANUARY = Month(2025, 1)

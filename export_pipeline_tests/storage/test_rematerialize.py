@@ -21,6 +21,8 @@ from export_pipeline.storage.writer import ObjectHeaders, ObjectStore, StoredObj
 from export_pipeline_tests.helpers import list_keys, pending_uploads
 from export_pipeline_tests.sigv4_proxy import Faults
 
+pytestmark = pytest.mark.slow  # two writers and readers racing on one key: not the inner loop
+
 KEY = "exports/9/2025-04/events.csv"
 HEADERS = ObjectHeaders("text/csv; charset=utf-8", "events.csv")
 OLD = os.urandom(2 * MIN_PART_SIZE + 100)  # three parts each

@@ -20,6 +20,10 @@ from export_pipeline.storage.writer import ObjectHeaders, StoredObject
 from export_pipeline_tests.helpers import list_keys, pending_uploads
 from export_pipeline_tests.sigv4_proxy import Faults
 
+pytestmark = (
+    pytest.mark.slow
+)  # fault injection, with its timeouts and back-offs: not the inner loop
+
 KEY = "exports/42/2025-03/orders.csv"
 HEADERS = ObjectHeaders("text/csv; charset=utf-8", "orders.csv")
 DATA = os.urandom(2 * MIN_PART_SIZE + 4321)  # three parts

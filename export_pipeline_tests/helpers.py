@@ -8,6 +8,24 @@ from urllib.parse import quote
 
 from psycopg.conninfo import conninfo_to_dict
 
+# The metadata every delivered file's materialization records (the public contract: README,
+# "What one run carries"), written out once for the tests that pin it.
+FILE_METADATA_KEYS = frozenset(
+    {
+        "dagster/row_count",
+        "dagster/column_schema",
+        "size_bytes",
+        "uri",
+        "sha256",
+        "format",
+        "compression",
+        "snapshot_at",
+        "duration_seconds",
+        "rows_per_second",
+        "unrepresentable",
+    }
+)
+
 
 def list_keys(client: Any, bucket: str) -> list[str]:
     return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))

@@ -55,6 +55,7 @@ from export_pipeline.spec import load_spec
 from export_pipeline.storage.keys import DEFAULT_PREFIX, manifest_key, success_key
 from export_pipeline_tests.dagster_processes import E2E, e2e_services, wait_for
 from export_pipeline_tests.harness import s3_storage
+from export_pipeline_tests.helpers import FILE_METADATA_KEYS
 from export_pipeline_tests.services import scratch_database
 
 pytestmark = pytest.mark.slow
@@ -127,18 +128,6 @@ SOURCE_COUNTS = {
     "FROM public.orders GROUP BY 1, 2",
     "invoices": "SELECT customer_id::text, date_trunc('month', issued_on)::date, count(*) "
     "FROM public.invoices GROUP BY 1, 2",
-}
-FILE_KEYS = {
-    "dagster/row_count",
-    "dagster/column_schema",
-    "size_bytes",
-    "uri",
-    "sha256",
-    "format",
-    "compression",
-    "snapshot_at",
-    "duration_seconds",
-    "rows_per_second",
 }
 
 LAUNCH_BACKFILL = """
@@ -416,7 +405,7 @@ def assert_delivered(
             md = {k: v.value for k, v in record.asset_materialization.metadata.items()}
             customer, month = record.partition_key.split("|")
             what = (dataset, record.partition_key)
-            assert FILE_KEYS <= md.keys(), what
+            assert FILE_METADATA_KEYS <= md.keys(), what
             assert md["uri"] == (
                 f"s3://{backfills.bucket}/exports/{customer}/{month[:7]}/"
                 f"{dataset}.{EXTENSIONS[dataset]}"
@@ -494,7 +483,8 @@ def test_2_of_10_fail_the_other_8_are_delivered_and_the_2_are_failed(backfills: 
     for partition, md in latest(instance, EXPORT_KEYS[FAILING_DATASET], COMPLETE).items():
         body = backfills.read(str(md["uri"]))
         assert hashlib.sha256(body).hexdigest() == md["sha256"], partition
-        assert set(md) >= FILE_KEYS, partition  # the same record as a run without failures
+        # the same record as a run without failures
+        assert set(md) >= FILE_METADATA_KEYS, partition
 
     # Dagster's partition status: exactly the 2 are failed (what the UI's "Failed" selects).
     by_status = instance.get_status_by_partition(

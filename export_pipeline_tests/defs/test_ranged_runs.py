@@ -35,26 +35,12 @@ from export_pipeline_tests.harness import (
     materialize,
     s3_storage,
 )
-from export_pipeline_tests.helpers import sqlalchemy_url
+from export_pipeline_tests.helpers import FILE_METADATA_KEYS, sqlalchemy_url
 from export_pipeline_tests.manifest_helpers import check_delivery
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASETS = ("events", "orders", "invoices")
 EXTENSIONS = {"events": "parquet", "orders": "jsonl", "invoices": "csv.gz"}
-# What each delivered partition records (the keys of the single-partition runs, unchanged).
-FILE_KEYS = {
-    "dagster/row_count",
-    "size_bytes",
-    "uri",
-    "sha256",
-    "format",
-    "compression",
-    "dagster/column_schema",
-    "snapshot_at",
-    "duration_seconds",
-    "rows_per_second",
-    "unrepresentable",
-}
 LINK_KEYS = {"download_url", "download_url_expires_at"}
 MANIFEST_KEYS = {
     "uri",
@@ -149,7 +135,7 @@ def test_each_partition_records_its_own_file(
             md = record.metadata
             customer, month = key.split("|")
             csv = {"csv_formula_guard"} if dataset == "invoices" else set()
-            assert set(md) == FILE_KEYS | LINK_KEYS | csv, (dataset, key)
+            assert set(md) == FILE_METADATA_KEYS | LINK_KEYS | csv, (dataset, key)
             object_key = f"exports/{customer}/{month[:7]}/{dataset}.{EXTENSIONS[dataset]}"
             assert md["uri"] == f"s3://{shared.bucket}/{object_key}"
             data = shared.client.get_object(Bucket=shared.bucket, Key=object_key)["Body"].read()
